@@ -1,0 +1,35 @@
+// swift-tools-version:6.0
+import PackageDescription
+
+// One module per concern. The FUSE binding (FuseKit) knows nothing about encryption;
+// the crypto (VikingCrypto) knows nothing about FUSE; VikingFS joins them.
+let package = Package(
+    name: "vikingfs",
+    products: [
+        .executable(name: "vikingfs-mount", targets: ["vikingfs-mount"]),
+        .executable(name: "vikingfs", targets: ["vikingfs"]),
+        .executable(name: "fuse-passthrough", targets: ["fuse-passthrough"]),
+        .library(name: "FuseKit", targets: ["FuseKit"]),
+    ],
+    targets: [
+        .systemLibrary(name: "CFuse", pkgConfig: "fuse3", providers: [.apt(["libfuse3-dev"])]),
+        .systemLibrary(name: "COpenSSL", pkgConfig: "libcrypto", providers: [.apt(["libssl-dev"])]),
+        .systemLibrary(name: "CArgon2", pkgConfig: "libargon2", providers: [.apt(["libargon2-dev"])]),
+
+        .target(name: "FuseKit", dependencies: ["CFuse"]),
+        .target(name: "VikingCrypto", dependencies: ["COpenSSL"]),
+        .target(name: "VikingFormat", dependencies: ["VikingCrypto", "VikingKeys"]),
+        .target(name: "VikingKeys", dependencies: ["VikingCrypto"]),
+        .target(name: "VikingAPIKeys", dependencies: ["CArgon2", "VikingCrypto"]),
+        .target(name: "VikingFS", dependencies: ["FuseKit", "VikingFormat", "VikingKeys"]),
+        .target(name: "VikingAdmin", dependencies: ["VikingFormat", "VikingKeys", "VikingAPIKeys"]),
+
+        .executableTarget(name: "vikingfs-mount", dependencies: ["VikingFS", "VikingKeys", "FuseKit"]),
+        .executableTarget(name: "vikingfs", dependencies: ["VikingAdmin", "VikingKeys", "VikingFormat", "VikingAPIKeys"]),
+        .executableTarget(name: "fuse-passthrough", dependencies: ["FuseKit"]),
+
+        .testTarget(name: "VikingCryptoTests", dependencies: ["VikingCrypto"]),
+        .testTarget(name: "VikingFormatTests", dependencies: ["VikingFormat", "VikingKeys", "VikingCrypto"]),
+        .testTarget(name: "VikingKeysTests", dependencies: ["VikingKeys", "VikingCrypto"]),
+    ]
+)
