@@ -31,5 +31,10 @@ let package = Package(
         .testTarget(name: "VikingCryptoTests", dependencies: ["VikingCrypto"]),
         .testTarget(name: "VikingFormatTests", dependencies: ["VikingFormat", "VikingKeys", "VikingCrypto"]),
         .testTarget(name: "VikingKeysTests", dependencies: ["VikingKeys", "VikingCrypto"]),
-    ]
+        .testTarget(name: "VikingAPIKeysTests", dependencies: ["VikingAPIKeys"]),
+        .testTarget(name: "VikingAdminTests", dependencies: ["VikingAdmin", "VikingFormat", "VikingKeys", "VikingCrypto"]),
+    ],
+    // Swift 5 language mode: the C globals this package lives on (stderr, errno, FUSE callbacks) are not
+    // Sendable, and strict concurrency checking would only add unchecked annotations around them.
+    swiftLanguageModes: [.v5]
 )

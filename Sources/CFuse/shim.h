@@ -1,34 +1,22 @@
 #ifndef VIKINGFS_CFUSE_SHIM_H
 #define VIKINGFS_CFUSE_SHIM_H
-// _GNU_SOURCE first: renameat2, statx, copy_file_range, O_DIRECT stay invisible otherwise.
-#define _GNU_SOURCE 1
+// No _GNU_SOURCE here: it changes glibc's struct definitions (fd_set) and then this module and SwiftGlibc
+// disagree about them. The few GNU calls needed are declared by hand below.
 // 312, not 35: the 3.14 headers compare against 312, and with 35 fuse_loop_mt becomes a macro Swift cannot see.
 #define FUSE_USE_VERSION 312
 #include <fuse3/fuse.h>
 #include <fuse3/fuse_lowlevel.h>
-#include <sys/types.h>
-#include <sys/stat.h>
-#include <sys/statvfs.h>
-#include <sys/xattr.h>
-#include <sys/file.h>
-#include <sys/syscall.h>
-#include <sys/prctl.h>
-#include <sys/resource.h>
-#include <sys/mman.h>
 #include <fcntl.h>
-#include <unistd.h>
-#include <dirent.h>
+#include <stdio.h>
 #include <errno.h>
-#include <stdio.h>
-#include <stdlib.h>
-#include <string.h>
-#include <syslog.h>
-#include <signal.h>
-#include <stdio.h>
+#include <unistd.h>
+
+extern int renameat2(int olddirfd, const char *oldpath, int newdirfd, const char *newpath, unsigned int flags);
+extern int fallocate(int fd, int mode, off_t offset, off_t len);
+enum { CFUSE_RENAME_NOREPLACE = 1, CFUSE_RENAME_EXCHANGE = 2, CFUSE_FALLOC_FL_KEEP_SIZE = 1 };
 
 static inline int cfuse_errno(void) { return errno; }
 static inline void cfuse_set_errno(int e) { errno = e; }
-static inline void cfuse_syslog(int priority, const char *message) { syslog(priority, "%s", message); }
 // RENAME_* flags arrive as unsigned int through fuse's rename callback.
 static inline int cfuse_renameat2(int olddirfd, const char *oldpath, int newdirfd, const char *newpath, unsigned int flags) {
     return renameat2(olddirfd, oldpath, newdirfd, newpath, flags);
@@ -37,5 +25,10 @@ static inline int cfuse_open_mode(int dirfd, const char *path, int flags, mode_t
     return openat(dirfd, path, flags, mode);
 }
 static inline int cfuse_fcntl_int(int fd, int cmd, int arg) { return fcntl(fd, cmd, arg); }
-static inline int cfuse_ioctl_placeholder(void) { return 0; }
+// fuse_new and fuse_loop_mt are macros over versioned symbols; Swift sees neither.
+static inline struct fuse *cfuse_new(struct fuse_args *args, const struct fuse_operations *op, size_t size, void *data) {
+    return fuse_new(args, op, size, data);
+}
+static inline int cfuse_loop_mt(struct fuse *f, struct fuse_loop_config *config) { return fuse_loop_mt(f, config); }
+static inline int cfuse_fallocate(int fd, int mode, off_t offset, off_t len) { return fallocate(fd, mode, offset, len); }
 #endif

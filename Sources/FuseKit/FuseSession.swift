@@ -1,0 +1,122 @@
+import CFuse
+#if canImport(Glibc)
+import Glibc
+#endif
+
+public enum FuseSessionError: Error, CustomStringConvertible {
+    case setup(String)
+    case mount(String)
+
+    public var description: String {
+        switch self {
+        case .setup(let why): return why
+        case .mount(let why): return why
+        }
+    }
+}
+
+/// How to mount: the options libfuse itself understands are passed through `-o`; the rest is ours.
+public struct FuseMountConfiguration {
+    /// Options for libfuse's `-o` (fsname=, subtype=, allow_other, ro, default_permissions, auto_unmount, ...).
+    public var options: [String] = []
+    public var debug = false
+    public var maxThreads: UInt32 = 16
+    public var maxIdleThreads: UInt32 = 8
+    public init() {}
+}
+
+/// Mounts a `FuseFileSystem` and serves it with libfuse's multithreaded loop until unmounted or signalled.
+public enum FuseSession {
+    /// Mounts, calls `mounted()` once the mount is live (the place to tell a waiting parent and detach),
+    /// serves requests until SIGTERM/SIGINT/SIGHUP or `fusermount3 -u`, then unmounts.
+    /// Returns the loop's status (0 on a clean unmount).
+    public static func run(_ fileSystem: FuseFileSystem, mountpoint: String, configuration: FuseMountConfiguration,
+                           mounted: () -> Void) throws(FuseSessionError) -> Int32 {
+        var argv: [String] = ["vikingfs"]
+        if configuration.debug { argv.append("-d") }
+        if !configuration.options.isEmpty { argv += ["-o", configuration.options.joined(separator: ",")] }
+        // libfuse keeps pointers into argv for the session's life; these copies are freed after teardown.
+        let cStrings: [UnsafeMutablePointer<CChar>?] = argv.map { strdup($0) } + [nil]
+        let argvPointer = UnsafeMutablePointer<UnsafeMutablePointer<CChar>?>.allocate(capacity: cStrings.count)
+        argvPointer.initialize(from: cStrings, count: cStrings.count)
+        defer {
+            for p in cStrings { free(p) }
+            argvPointer.deallocate()
+        }
+        var args = fuse_args(argc: Int32(argv.count), argv: argvPointer, allocated: 0)
+        defer { fuse_opt_free_args(&args) }
+
+        var ops = makeOperations()
+        let box = Unmanaged.passRetained(FileSystemBox(fileSystem))
+        defer { box.release() }
+
+        guard let fuse = cfuse_new(&args, &ops, MemoryLayout<fuse_operations>.size, box.toOpaque()) else {
+            throw .setup("libfuse rejected the options (see the message above): \(configuration.options.joined(separator: ","))")
+        }
+        defer { fuse_destroy(fuse) }
+        guard fuse_mount(fuse, mountpoint) == 0 else {
+            throw .mount("cannot mount on \(mountpoint) (see the message above)")
+        }
+        defer { fuse_unmount(fuse) }
+        let session = fuse_get_session(fuse)
+        guard fuse_set_signal_handlers(session) == 0 else { throw .setup("cannot install signal handlers") }
+        defer { fuse_remove_signal_handlers(session) }
+
+        mounted()
+
+        guard let loopConfig = fuse_loop_cfg_create() else { throw .setup("fuse_loop_cfg_create failed") }
+        defer { fuse_loop_cfg_destroy(loopConfig) }
+        fuse_loop_cfg_set_max_threads(loopConfig, configuration.maxThreads)
+        fuse_loop_cfg_set_idle_threads(loopConfig, configuration.maxIdleThreads)
+        fuse_loop_cfg_set_clone_fd(loopConfig, 0)
+        return cfuse_loop_mt(fuse, loopConfig)
+    }
+}
+
+/// Detaching from the terminal the way an operator expects: the parent stays until the mount is live, so errors
+/// reach the terminal with a non-zero exit code; only then does it exit 0 and the child carry on alone.
+public enum Daemon {
+    public struct Readiness {
+        let writeEnd: Int32
+
+        /// Tells the waiting parent the mount is live, then detaches: new session, cwd /, stdio to /dev/null.
+        public func signalReady() {
+            var byte: UInt8 = 1
+            _ = write(writeEnd, &byte, 1)
+            close(writeEnd)
+            _ = setsid()
+            _ = chdir("/")
+            let null = open("/dev/null", O_RDWR)
+            if null >= 0 {
+                dup2(null, 0); dup2(null, 1); dup2(null, 2)
+                if null > 2 { close(null) }
+            }
+        }
+    }
+
+    /// Forks. Returns in the child; the parent never returns: it exits 0 when the child signals readiness, or
+    /// with the child's exit status when the child exits first.
+    public static func detach() -> Readiness {
+        var fds: [Int32] = [0, 0]
+        guard pipe(&fds) == 0 else {
+            perror("pipe")
+            exit(1)
+        }
+        let pid = fork()
+        if pid < 0 { perror("fork"); exit(1) }
+        if pid == 0 {
+            close(fds[0])
+            return Readiness(writeEnd: fds[1])
+        }
+        close(fds[1])
+        var byte: UInt8 = 0
+        var n: Int
+        repeat { n = read(fds[0], &byte, 1) } while n < 0 && cfuse_errno() == EINTR
+        if n == 1 { exit(0) }
+        var status: Int32 = 0
+        while waitpid(pid, &status, 0) < 0 && cfuse_errno() == EINTR {}
+        // WIFEXITED / WEXITSTATUS, spelled out: the macros do not import.
+        if status & 0x7f == 0 { exit((status >> 8) & 0xff) }
+        exit(1)
+    }
+}
