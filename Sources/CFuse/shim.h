@@ -10,10 +10,20 @@
 #include <stdio.h>
 #include <errno.h>
 #include <unistd.h>
+#include <sys/xattr.h>
+#include <sys/prctl.h>
+#include <sys/resource.h>
 
 extern int renameat2(int olddirfd, const char *oldpath, int newdirfd, const char *newpath, unsigned int flags);
 extern int fallocate(int fd, int mode, off_t offset, off_t len);
 enum { CFUSE_RENAME_NOREPLACE = 1, CFUSE_RENAME_EXCHANGE = 2, CFUSE_FALLOC_FL_KEEP_SIZE = 1 };
+
+// prctl is variadic; Swift cannot call it directly.
+static inline int cfuse_set_undumpable(void) {
+    struct rlimit none = {0, 0};
+    setrlimit(RLIMIT_CORE, &none);
+    return prctl(PR_SET_DUMPABLE, 0, 0, 0, 0);
+}
 
 static inline int cfuse_errno(void) { return errno; }
 static inline void cfuse_set_errno(int e) { errno = e; }

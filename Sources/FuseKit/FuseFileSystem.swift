@@ -149,3 +149,15 @@ public extension FuseFileSystem {
     func utimens(_ path: FusePath?, times: UnsafePointer<timespec>?, handle: UInt64?) throws(Errno) { throw .notImplemented }
     func fallocate(_ path: FusePath?, mode: Int32, offset: Int64, length: Int64, handle: UInt64) throws(Errno) { throw .notSupported }
 }
+
+/// Who is making the current request (valid only inside a callback).
+public struct FuseCaller {
+    public let uid: uid_t
+    public let gid: gid_t
+    public let pid: pid_t
+
+    public static var current: FuseCaller {
+        guard let context = fuse_get_context() else { return FuseCaller(uid: getuid(), gid: getgid(), pid: 0) }
+        return FuseCaller(uid: context.pointee.uid, gid: context.pointee.gid, pid: context.pointee.pid)
+    }
+}

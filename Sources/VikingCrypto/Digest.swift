@@ -1,4 +1,7 @@
 import COpenSSL
+#if canImport(Glibc)
+import Glibc
+#endif
 
 /// HKDF-SHA256 (RFC 5869) through `EVP_KDF`.
 public enum HKDF {
@@ -16,13 +19,14 @@ public enum HKDF {
                 digest.withUnsafeMutableBufferPointer { d in
                     salt.withUnsafeMutableBytes { s in
                         info.withUnsafeMutableBytes { i in
+                            // Empty salt or info is left out: OpenSSL rejects a NULL octet string.
                             var params: [OSSL_PARAM] = [
-                                OSSL_PARAM_construct_utf8_string(OSSL_KDF_PARAM_DIGEST, d.baseAddress, 0),
-                                OSSL_PARAM_construct_octet_string(OSSL_KDF_PARAM_KEY, UnsafeMutableRawPointer(mutating: ikmBytes.baseAddress), ikmBytes.count),
-                                OSSL_PARAM_construct_octet_string(OSSL_KDF_PARAM_SALT, s.baseAddress, s.count),
-                                OSSL_PARAM_construct_octet_string(OSSL_KDF_PARAM_INFO, i.baseAddress, i.count),
-                                OSSL_PARAM_construct_end(),
+                                OSSL_PARAM_construct_utf8_string(ParamName.digest, d.baseAddress, 0),
+                                OSSL_PARAM_construct_octet_string(ParamName.key, UnsafeMutableRawPointer(mutating: ikmBytes.baseAddress), ikmBytes.count),
                             ]
+                            if s.count > 0 { params.append(OSSL_PARAM_construct_octet_string(ParamName.salt, s.baseAddress, s.count)) }
+                            if i.count > 0 { params.append(OSSL_PARAM_construct_octet_string(ParamName.info, i.baseAddress, i.count)) }
+                            params.append(OSSL_PARAM_construct_end())
                             return EVP_KDF_derive(ctx, out.baseAddress!.assumingMemoryBound(to: UInt8.self), out.count, &params)
                         }
                     }
@@ -32,6 +36,15 @@ public enum HKDF {
         guard status == 1 else { throw CryptoError.lastOpenSSLError("EVP_KDF_derive(HKDF)") }
         return output
     }
+}
+
+/// OSSL_PARAM keeps the name pointer, so names must outlive the call: a Swift string passed to a
+/// `const char *` parameter is only a temporary.
+private enum ParamName {
+    static let digest = UnsafePointer(strdup(OSSL_KDF_PARAM_DIGEST)!)
+    static let key = UnsafePointer(strdup(OSSL_KDF_PARAM_KEY)!)
+    static let salt = UnsafePointer(strdup(OSSL_KDF_PARAM_SALT)!)
+    static let info = UnsafePointer(strdup(OSSL_KDF_PARAM_INFO)!)
 }
 
 public enum SHA256 {

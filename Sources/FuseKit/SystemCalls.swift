@@ -1,0 +1,45 @@
+import CFuse
+
+/// GNU system calls that SwiftGlibc does not expose (it is built without _GNU_SOURCE).
+public enum GNU {
+    public static let renameNoReplace: UInt32 = UInt32(CFUSE_RENAME_NOREPLACE)
+    public static let renameExchange: UInt32 = UInt32(CFUSE_RENAME_EXCHANGE)
+    public static let fallocKeepSize: Int32 = Int32(CFUSE_FALLOC_FL_KEEP_SIZE)
+
+    public static func renameat2(_ oldDir: Int32, _ old: UnsafePointer<CChar>, _ newDir: Int32, _ new: UnsafePointer<CChar>, flags: UInt32) -> Int32 {
+        cfuse_renameat2(oldDir, old, newDir, new, flags)
+    }
+
+    public static func fallocate(_ fd: Int32, mode: Int32, offset: Int64, length: Int64) -> Int32 {
+        cfuse_fallocate(fd, mode, off_t(offset), off_t(length))
+    }
+}
+
+/// Extended-attribute calls (`<sys/xattr.h>` is not part of SwiftGlibc).
+public enum ExtendedAttributes {
+    public static func get(path: String, name: String, into buffer: UnsafeMutableRawPointer?, size: Int) -> Int {
+        lgetxattr(path, name, buffer, size)
+    }
+    public static func set(path: String, name: String, value: UnsafeRawPointer?, size: Int, flags: Int32) -> Int32 {
+        lsetxattr(path, name, value, size, flags)
+    }
+    public static func list(path: String, into buffer: UnsafeMutablePointer<CChar>?, size: Int) -> Int {
+        llistxattr(path, buffer, size)
+    }
+    public static func remove(path: String, name: String) -> Int32 { lremovexattr(path, name) }
+    public static func get(fd: Int32, name: String, into buffer: UnsafeMutableRawPointer?, size: Int) -> Int {
+        fgetxattr(fd, name, buffer, size)
+    }
+    public static func set(fd: Int32, name: String, value: UnsafeRawPointer?, size: Int, flags: Int32) -> Int32 {
+        fsetxattr(fd, name, value, size, flags)
+    }
+    public static func list(fd: Int32, into buffer: UnsafeMutablePointer<CChar>?, size: Int) -> Int {
+        flistxattr(fd, buffer, size)
+    }
+}
+
+public enum ProcessHardening {
+    /// No core dumps and no ptrace by other users' processes: a crash must not write key material to disk.
+    @discardableResult
+    public static func disableCoreDumps() -> Bool { cfuse_set_undumpable() == 0 }
+}

@@ -1,0 +1,430 @@
+import FuseKit
+import VikingCrypto
+import VikingFormat
+import VikingKeys
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// The state of one open backing inode, shared by every handle open on it.
+///
+/// Content is guarded by `lock`: reads share it, writes and truncates hold it alone. Different files never
+/// share a lock, so writers of different files never wait on each other.
+final class FileNode {
+    private(set) var key: NodeKey
+    /// The backing file, opened read-write unless the mount or the file forbids it.
+    private(set) var fd: Int32
+    let writableFD: Bool
+    /// The account whose key seals this file (from its path when first opened).
+    let account: String
+    /// Relative backing path when first opened, for log lines.
+    var displayPath: String
+    private(set) var kind: FileKind
+    private(set) var cipher: NativeFileCipher?
+    /// Plaintext size, authoritative while the node is open (nobody else writes the backing dir meanwhile).
+    private(set) var size: Int64
+    /// OVE1 content, opened and authenticated once per load; written back whole on flush/fsync/release.
+    private var ove1Plaintext: [UInt8] = []
+    private(set) var ove1Dirty = false
+    let lock = ReadWriteLock()
+    /// Guarded by the node table's lock.
+    var openCount = 0
+
+    init(key: NodeKey, fd: Int32, writableFD: Bool, account: String, displayPath: String, kind: FileKind,
+         cipher: NativeFileCipher?, size: Int64, ove1Plaintext: [UInt8]) {
+        self.key = key
+        self.fd = fd
+        self.writableFD = writableFD
+        self.account = account
+        self.displayPath = displayPath
+        self.kind = kind
+        self.cipher = cipher
+        self.size = size
+        self.ove1Plaintext = ove1Plaintext
+    }
+
+    deinit {
+        close(fd)
+        if !ove1Plaintext.isEmpty { wipe(&ove1Plaintext) }
+    }
+
+    /// Loads a node for an opened backing fd: classifies the file and opens its header (native) or its whole
+    /// envelope (OVE1). A file that starts with a magic but does not open is tampered (or under another key).
+    static func load(fd: Int32, st: stat, writableFD: Bool, account: String, displayPath: String,
+                     context: FileSystemContext) throws(Errno) -> FileNode {
+        let prefix = try preadArray(fd, count: NativeFormat.headerLength, at: 0)
+        let kind = FileKind.classify(prefix: prefix, size: Int64(st.st_size))
+        switch kind {
+        case .empty, .legacy:
+            return FileNode(key: NodeKey(st), fd: fd, writableFD: writableFD, account: account, displayPath: displayPath,
+                            kind: kind, cipher: nil, size: Int64(st.st_size), ove1Plaintext: [])
+        case .native:
+            do {
+                let header = try NativeHeader.parse(prefix)
+                let (cipher, _) = try SealedFile.openNative(header, account: account, keyRing: context.keyRing)
+                let size = header.layout.plaintextSize(forBacking: Int64(st.st_size))
+                return FileNode(key: NodeKey(st), fd: fd, writableFD: writableFD, account: account, displayPath: displayPath,
+                                kind: .native, cipher: cipher, size: size, ove1Plaintext: [])
+            } catch {
+                Log.error("\(displayPath): \(error); refusing to open it (EIO)")
+                throw .io
+            }
+        case .ove1:
+            guard Int64(st.st_size) - Int64(OVE1.overhead) <= Int64(context.ove1MemoryLimit) else {
+                Log.error("\(displayPath): OVE1 file of \(st.st_size) bytes exceeds ove1_max_size=\(context.ove1MemoryLimit) (EFBIG)")
+                throw .fileTooLarge
+            }
+            let bytes = try preadArray(fd, count: Int(st.st_size), at: 0)
+            do {
+                let opened = try SealedFile.openWhole(bytes, account: account, keyRing: context.keyRing)
+                return FileNode(key: NodeKey(st), fd: fd, writableFD: writableFD, account: account, displayPath: displayPath,
+                                kind: .ove1, cipher: nil, size: Int64(opened.plaintext.count), ove1Plaintext: opened.plaintext)
+            } catch {
+                Log.error("\(displayPath): \(error); refusing to open it (EIO)")
+                throw .io
+            }
+        }
+    }
+
+    // MARK: Reading
+
+    func read(into buffer: UnsafeMutableRawBufferPointer, offset: Int64) throws(Errno) -> Int {
+        try lock.withReadLock { () throws(Errno) -> Int in
+            switch kind {
+            case .empty:
+                return 0
+            case .legacy:
+                return try syscallRetrying { pread(fd, buffer.baseAddress, buffer.count, off_t(offset)) }
+            case .ove1:
+                guard offset < size else { return 0 }
+                let n = Int(min(Int64(buffer.count), size - offset))
+                ove1Plaintext.withUnsafeBytes { p in
+                    buffer.baseAddress!.copyMemory(from: p.baseAddress! + Int(offset), byteCount: n)
+                }
+                return n
+            case .native:
+                return try readNative(into: buffer, offset: offset)
+            }
+        }
+    }
+
+    private func readNative(into buffer: UnsafeMutableRawBufferPointer, offset: Int64) throws(Errno) -> Int {
+        guard let cipher, offset < size, buffer.count > 0 else { return 0 }
+        let layout = cipher.layout
+        let blockSize = Int64(layout.blockSize)
+        let storedBlock = layout.storedBlockSize
+        let end = min(offset + Int64(buffer.count), size)
+        let first = offset / blockSize
+        let last = (end - 1) / blockSize
+        let storedStart = layout.storedOffset(ofBlock: first)
+        let storedEnd = min(layout.storedOffset(ofBlock: last) + Int64(storedBlock), layout.backingSize(forPlaintext: size))
+        let storedCount = Int(storedEnd - storedStart)
+        let scratch = ThreadScratch.current.buffer(storedCount + layout.blockSize)
+        let stored = UnsafeMutableRawBufferPointer(rebasing: scratch[0..<storedCount])
+        let blockBuffer = UnsafeMutableRawBufferPointer(rebasing: scratch[storedCount...])
+        let got = try preadFully(fd, stored, at: storedStart)
+        var index = first
+        while index <= last {
+            let blockStart = index * blockSize
+            let plainLength = Int(min(blockSize, size - blockStart))
+            let at = Int(index - first) * storedBlock
+            let available = min(plainLength + NativeFormat.blockOverhead, got - at)
+            let from = Int(max(offset, blockStart) - blockStart)
+            let to = Int(min(end, blockStart + Int64(plainLength)) - blockStart)
+            do {
+                guard available == plainLength + NativeFormat.blockOverhead else {
+                    throw FormatError.truncatedBlock(index: UInt64(index), storedBytes: max(0, available))
+                }
+                let slot = UnsafeRawBufferPointer(rebasing: stored[at..<(at + available)])
+                if from == 0 && to == plainLength {
+                    let destination = Int(blockStart - offset)
+                    _ = try cipher.openBlock(index: UInt64(index), stored: slot,
+                                             output: UnsafeMutableRawBufferPointer(rebasing: buffer[destination..<(destination + plainLength)]))
+                } else {
+                    _ = try cipher.openBlock(index: UInt64(index), stored: slot, output: blockBuffer)
+                    let destination = Int(blockStart + Int64(from) - offset)
+                    (buffer.baseAddress! + destination).copyMemory(from: blockBuffer.baseAddress! + from, byteCount: to - from)
+                }
+            } catch {
+                Log.error("\(displayPath): \(error) (EIO)")
+                throw .io
+            }
+            index += 1
+        }
+        return Int(end - offset)
+    }
+
+    // MARK: Writing
+
+    /// Writes at any offset. Partial blocks are read, merged and re-sealed; whole blocks are sealed straight
+    /// from the caller's buffer; all touched blocks go to the backing file in one pwrite.
+    func write(_ data: UnsafeRawBufferPointer, offset: Int64, context: FileSystemContext) throws(Errno) -> Int {
+        guard kind != .legacy else { throw .readOnlyFileSystem }
+        guard writableFD else { throw .badFile }
+        let end = offset + Int64(data.count)
+        guard offset >= 0, end >= offset, end <= context.maxFileSize else { throw .fileTooLarge }
+        return try lock.withWriteLock { () throws(Errno) -> Int in
+            try ensureSealedForm(context: context)
+            if kind == .ove1 {
+                guard end <= Int64(context.ove1MemoryLimit) else {
+                    Log.error("\(displayPath): OVE1 file would grow past ove1_max_size=\(context.ove1MemoryLimit) (EFBIG)")
+                    throw .fileTooLarge
+                }
+                if Int64(ove1Plaintext.count) < end {
+                    ove1Plaintext.append(contentsOf: repeatElement(0, count: Int(end) - ove1Plaintext.count))
+                }
+                ove1Plaintext.withUnsafeMutableBytes { p in
+                    (p.baseAddress! + Int(offset)).copyMemory(from: data.baseAddress!, byteCount: data.count)
+                }
+                size = Int64(ove1Plaintext.count)
+                ove1Dirty = true
+                return data.count
+            }
+            try writeNative(data, offset: offset)
+            return data.count
+        }
+    }
+
+    private func writeNative(_ data: UnsafeRawBufferPointer, offset: Int64) throws(Errno) {
+        guard let cipher, data.count > 0 else { return }
+        let layout = cipher.layout
+        let blockSize = Int64(layout.blockSize)
+        let storedBlock = layout.storedBlockSize
+        let end = offset + Int64(data.count)
+        // A write that starts beyond the current last block first completes that partial block with zeros;
+        // the blocks in between stay holes.
+        if offset > size && size % blockSize != 0 && offset / blockSize > size / blockSize {
+            try resizeBlock(size / blockSize, to: Int(blockSize))
+            size = (size / blockSize + 1) * blockSize
+        }
+        let first = offset / blockSize
+        let last = (end - 1) / blockSize
+        let blockCount = Int(last - first + 1)
+        let scratch = ThreadScratch.current.buffer(blockCount * storedBlock + layout.blockSize)
+        let blockBuffer = UnsafeMutableRawBufferPointer(rebasing: scratch[(blockCount * storedBlock)...])
+        var written = 0
+        var index = first
+        while index <= last {
+            let blockStart = index * blockSize
+            let oldLength = blockStart < size ? Int(min(blockSize, size - blockStart)) : 0
+            let from = Int(max(offset, blockStart) - blockStart)
+            let to = Int(min(end, blockStart + blockSize) - blockStart)
+            let newLength = max(oldLength, to)
+            let slot = UnsafeMutableRawBufferPointer(rebasing: scratch[written..<(written + newLength + NativeFormat.blockOverhead)])
+            do {
+                if from == 0 && to >= oldLength {
+                    let source = UnsafeRawBufferPointer(rebasing: data[Int(blockStart - offset)..<(Int(blockStart - offset) + to)])
+                    try cipher.sealBlock(index: UInt64(index), plaintext: source, output: slot)
+                } else {
+                    let plain = UnsafeMutableRawBufferPointer(rebasing: blockBuffer[0..<newLength])
+                    if oldLength > 0 { try readBlock(index, length: oldLength, into: plain) }
+                    if from > oldLength { memset(plain.baseAddress! + oldLength, 0, from - oldLength) }
+                    (plain.baseAddress! + from).copyMemory(from: data.baseAddress! + Int(blockStart + Int64(from) - offset), byteCount: to - from)
+                    try cipher.sealBlock(index: UInt64(index), plaintext: UnsafeRawBufferPointer(plain), output: slot)
+                }
+            } catch let e as Errno {
+                throw e
+            } catch {
+                Log.error("\(displayPath): cannot seal block \(index): \(error)")
+                throw .io
+            }
+            written += newLength + NativeFormat.blockOverhead
+            index += 1
+        }
+        try pwriteFully(fd, UnsafeRawBufferPointer(rebasing: scratch[0..<written]), at: layout.storedOffset(ofBlock: first))
+        size = max(size, end)
+    }
+
+    /// Opens the first `length` plaintext bytes of block `index` into `output`; refuses a damaged block.
+    private func readBlock(_ index: Int64, length: Int, into output: UnsafeMutableRawBufferPointer) throws(Errno) {
+        guard let cipher else { throw .io }
+        let storedCount = length + NativeFormat.blockOverhead
+        let stored = UnsafeMutableRawBufferPointer.allocate(byteCount: storedCount, alignment: 16)
+        defer { stored.deallocate() }
+        let got = try preadFully(fd, stored, at: cipher.layout.storedOffset(ofBlock: index))
+        do {
+            guard got == storedCount else { throw FormatError.truncatedBlock(index: UInt64(index), storedBytes: got) }
+            _ = try cipher.openBlock(index: UInt64(index), stored: UnsafeRawBufferPointer(stored), output: output)
+        } catch {
+            Log.error("\(displayPath): \(error); refusing to write over it (EIO)")
+            throw .io
+        }
+    }
+
+    /// Re-seals block `index` with a new plaintext length (zero-extended or cut).
+    private func resizeBlock(_ index: Int64, to newLength: Int) throws(Errno) {
+        guard let cipher else { throw .io }
+        let blockSize = Int64(cipher.layout.blockSize)
+        let oldLength = Int(max(0, min(blockSize, size - index * blockSize)))
+        let plain = UnsafeMutableRawBufferPointer.allocate(byteCount: max(oldLength, newLength), alignment: 16)
+        let sealed = UnsafeMutableRawBufferPointer.allocate(byteCount: newLength + NativeFormat.blockOverhead, alignment: 16)
+        defer {
+            memset(plain.baseAddress!, 0, plain.count)
+            plain.deallocate()
+            sealed.deallocate()
+        }
+        if oldLength > 0 { try readBlock(index, length: oldLength, into: UnsafeMutableRawBufferPointer(rebasing: plain[0..<oldLength])) }
+        if newLength > oldLength { memset(plain.baseAddress! + oldLength, 0, newLength - oldLength) }
+        do {
+            try cipher.sealBlock(index: UInt64(index), plaintext: UnsafeRawBufferPointer(rebasing: plain[0..<newLength]), output: sealed)
+        } catch {
+            Log.error("\(displayPath): cannot seal block \(index): \(error)")
+            throw .io
+        }
+        try pwriteFully(fd, UnsafeRawBufferPointer(sealed), at: cipher.layout.storedOffset(ofBlock: index))
+    }
+
+    /// Gives an empty backing file its sealed form (the mount's format) before the first byte lands.
+    private func ensureSealedForm(context: FileSystemContext) throws(Errno) {
+        guard kind == .empty else { return }
+        switch context.newFileFormat {
+        case .ove1:
+            kind = .ove1
+            ove1Plaintext = []
+            ove1Dirty = true
+        default:
+            let created = try context.createNativeCipher(account: account)
+            try pwriteArray(fd, created.header.serialized(), at: 0)
+            cipher = created
+            kind = .native
+        }
+    }
+
+    // MARK: Size changes
+
+    func truncate(to newSize: Int64, context: FileSystemContext) throws(Errno) {
+        guard kind != .legacy else { throw .readOnlyFileSystem }
+        guard writableFD else { throw .badFile }
+        guard newSize >= 0, newSize <= context.maxFileSize else { throw .fileTooLarge }
+        try lock.withWriteLock { () throws(Errno) in
+            if kind == .empty && newSize == 0 { return }
+            try ensureSealedForm(context: context)
+            if kind == .ove1 {
+                guard newSize <= Int64(context.ove1MemoryLimit) else { throw .fileTooLarge }
+                if Int64(ove1Plaintext.count) > newSize {
+                    ove1Plaintext.removeLast(ove1Plaintext.count - Int(newSize))
+                } else {
+                    ove1Plaintext.append(contentsOf: repeatElement(0, count: Int(newSize) - ove1Plaintext.count))
+                }
+                size = newSize
+                ove1Dirty = true
+                return
+            }
+            guard let cipher, newSize != size else { return }
+            let layout = cipher.layout
+            let blockSize = Int64(layout.blockSize)
+            if newSize < size {
+                if newSize % blockSize != 0 { try resizeBlock(newSize / blockSize, to: Int(newSize % blockSize)) }
+            } else if size % blockSize != 0 {
+                let index = size / blockSize
+                let newLength = newSize / blockSize == index ? Int(newSize - index * blockSize) : Int(blockSize)
+                try resizeBlock(index, to: newLength)
+            }
+            _ = try syscallRetrying { ftruncate(fd, off_t(layout.backingSize(forPlaintext: newSize))) }
+            size = newSize
+        }
+    }
+
+    /// fallocate mode 0: the size grows to cover the range (as holes) and the backing space is reserved.
+    func allocate(offset: Int64, length: Int64, context: FileSystemContext) throws(Errno) {
+        let end = offset + length
+        if end > size { try truncate(to: end, context: context) }
+        guard kind == .native, let cipher else { return }
+        let from = cipher.layout.storedOffset(ofBlock: offset / Int64(cipher.layout.blockSize))
+        let to = cipher.layout.backingSize(forPlaintext: end)
+        if to > from { _ = try syscallRetrying { GNU.fallocate(fd, mode: GNU.fallocKeepSize, offset: from, length: to - from) } }
+    }
+
+    // MARK: Durability
+
+    /// Seals dirty OVE1 content to a hidden temporary file beside the file and renames it into place: a crash
+    /// leaves the old envelope or the new one. `relativePath` is the file's current backing path.
+    func commitOVE1(relativePath: String?, context: FileSystemContext) throws(Errno) -> (old: NodeKey, new: NodeKey)? {
+        try lock.withWriteLock { () throws(Errno) -> (old: NodeKey, new: NodeKey)? in
+            guard kind == .ove1, ove1Dirty else { return nil }
+            guard let relativePath else {
+                // Unlinked while open: nothing to write back.
+                ove1Dirty = false
+                return nil
+            }
+            let envelope: [UInt8]
+            do {
+                envelope = try SealedFile.sealWhole(ove1Plaintext, kind: .ove1, account: account, keyRing: context.keyRing)
+            } catch {
+                Log.error("\(displayPath): cannot seal OVE1 envelope: \(error)")
+                throw .io
+            }
+            let slash = relativePath.lastIndex(of: "/")
+            let directory = slash.map { String(relativePath[..<$0]) } ?? "."
+            let base = slash.map { String(relativePath[relativePath.index(after: $0)...]) } ?? relativePath
+            let temp = directory + "/" + TemporaryName.prefix + base + "." + Hex.encode((try? SecureRandom.bytes(6)) ?? [0])
+            var original = stat()
+            _ = try syscallRetrying { fstat(fd, &original) }
+            let tempFD = try syscallRetrying { openat(context.rootFD, temp, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, original.st_mode & 0o7777) }
+            do throws(Errno) {
+                try pwriteArray(tempFD, envelope, at: 0)
+                _ = fchown(tempFD, original.st_uid, original.st_gid)
+                _ = fchmod(tempFD, original.st_mode & 0o7777)
+                copyExtendedAttributes(from: fd, to: tempFD)
+                _ = try syscallRetrying { Glibc.fsync(tempFD) }
+                _ = try syscallRetrying { renameat(context.rootFD, temp, context.rootFD, relativePath) }
+            } catch {
+                close(tempFD)
+                unlinkat(context.rootFD, temp, 0)
+                Log.error("\(displayPath): cannot write back OVE1 envelope: \(error)")
+                throw error
+            }
+            syncDirectory(context.rootFD, directory)
+            var replaced = stat()
+            fstat(tempFD, &replaced)
+            close(fd)
+            fd = tempFD
+            let old = key
+            key = NodeKey(replaced)
+            ove1Dirty = false
+            return (old, key)
+        }
+    }
+
+    func sync(dataOnly: Bool) throws(Errno) {
+        _ = try syscallRetrying { dataOnly ? fdatasync(fd) : Glibc.fsync(fd) }
+    }
+
+    /// The backing attributes with the plaintext size and, for legacy files, no write bits.
+    func presentedAttributes(_ st: stat) -> stat {
+        var result = st
+        lock.withReadLock {
+            result.st_size = off_t(size)
+            if kind == .legacy { result.st_mode &= ~mode_t(0o222) }
+        }
+        return result
+    }
+}
+
+private func copyExtendedAttributes(from source: Int32, to destination: Int32) {
+    let listSize = ExtendedAttributes.list(fd: source, into: nil, size: 0)
+    guard listSize > 0 else { return }
+    var names = [CChar](repeating: 0, count: listSize)
+    let got = ExtendedAttributes.list(fd: source, into: &names, size: listSize)
+    guard got > 0 else { return }
+    var start = 0
+    while start < got {
+        let name = names.withUnsafeBufferPointer { String(cString: $0.baseAddress! + start) }
+        start += name.utf8.count + 1
+        let valueSize = ExtendedAttributes.get(fd: source, name: name, into: nil, size: 0)
+        guard valueSize >= 0 else { continue }
+        var value = [UInt8](repeating: 0, count: valueSize)
+        if ExtendedAttributes.get(fd: source, name: name, into: &value, size: valueSize) == valueSize {
+            _ = ExtendedAttributes.set(fd: destination, name: name, value: value, size: valueSize, flags: 0)
+        }
+    }
+}
+
+func syncDirectory(_ rootFD: Int32, _ directory: String) {
+    let dfd = openat(rootFD, directory, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+    if dfd >= 0 {
+        _ = Glibc.fsync(dfd)
+        close(dfd)
+    }
+}
+
