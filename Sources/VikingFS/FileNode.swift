@@ -339,10 +339,10 @@ final class FileNode {
 
     /// Seals dirty OVE1 content to a hidden temporary file beside the file and renames it into place: a crash
     /// leaves the old envelope or the new one. `relativePath` is the file's current backing path.
-    func commitOVE1(relativePath: String?, context: FileSystemContext) throws(Errno) -> (old: NodeKey, new: NodeKey)? {
+    func commitOVE1(context: FileSystemContext) throws(Errno) -> (old: NodeKey, new: NodeKey)? {
         try lock.withWriteLock { () throws(Errno) -> (old: NodeKey, new: NodeKey)? in
             guard kind == .ove1, ove1Dirty else { return nil }
-            guard let relativePath else {
+            guard let relativePath = currentRelativePath(context: context) else {
                 // Unlinked while open: nothing to write back.
                 ove1Dirty = false
                 return nil
@@ -384,6 +384,22 @@ final class FileNode {
             ove1Dirty = false
             return (old, key)
         }
+    }
+
+    /// Where the open backing file lives now, relative to the backing root. libfuse hands no path to
+    /// operations on open files (`nullpath_ok`), and renames may have moved the file since it was opened; the
+    /// kernel's view of the descriptor follows renames. Nil when the file has been unlinked.
+    private func currentRelativePath(context: FileSystemContext) -> String? {
+        var buffer = [CChar](repeating: 0, count: Int(PATH_MAX) + 1)
+        let n = readlink("/proc/self/fd/\(fd)", &buffer, buffer.count - 1)
+        guard n > 0 else { return displayPath }
+        let absolute = String(decoding: buffer[0..<n].map { UInt8(bitPattern: $0) }, as: UTF8.self)
+        if absolute.hasSuffix(" (deleted)") { return nil }
+        let root = context.backingPath.hasSuffix("/") ? context.backingPath : context.backingPath + "/"
+        guard absolute.hasPrefix(root) else { return displayPath }
+        let relative = String(absolute.dropFirst(root.count))
+        displayPath = relative
+        return relative
     }
 
     func sync(dataOnly: Bool) throws(Errno) {

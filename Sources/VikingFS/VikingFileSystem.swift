@@ -181,9 +181,9 @@ public final class VikingFileSystem: FuseFileSystem {
         return node?.presentedAttributes(st)
     }
 
-    private func commit(_ node: FileNode, path: FusePath?) throws(Errno) {
+    private func commit(_ node: FileNode) throws(Errno) {
         guard node.kind == .ove1, node.ove1Dirty else { return }
-        guard let moved = try node.commitOVE1(relativePath: path?.relativeString, context: context) else { return }
+        guard let moved = try node.commitOVE1(context: context) else { return }
         nodesLock.withWriteLock {
             if nodes[moved.old] === node {
                 nodes[moved.old] = nil
@@ -276,7 +276,7 @@ public final class VikingFileSystem: FuseFileSystem {
         let node = try acquireNode(path)
         defer { releaseNode(node) }
         try node.truncate(to: size, context: context)
-        try commit(node, path: path)
+        try commit(node)
     }
 
     public func access(_ path: FusePath, mask: Int32) throws(Errno) {
@@ -315,8 +315,7 @@ public final class VikingFileSystem: FuseFileSystem {
             releaseNode(node)
             throw error
         }
-        // Every write goes through this mount, so cached pages stay valid across opens.
-        return OpenResult(handle: retain(FileHandle(node: node, writable: wantsWrite)), keepCache: true)
+        return openResult(FileHandle(node: node, writable: wantsWrite))
     }
 
     public func create(_ path: FusePath, mode: mode_t, flags: Int32) throws(Errno) -> OpenResult {
@@ -359,7 +358,15 @@ public final class VikingFileSystem: FuseFileSystem {
             unlinkat(context.rootFD, path.relative, 0)
             throw error
         }
-        return OpenResult(handle: retain(FileHandle(node: insert(node), writable: true)))
+        return openResult(FileHandle(node: insert(node), writable: true))
+    }
+
+    /// OVE1 files bypass the page cache: their size limit (EFBIG) and write-back errors must reach the writing
+    /// call, not surface later from the kernel's background writeback. Native files keep their cached pages
+    /// across opens: every write goes through this mount, so cached pages stay valid.
+    private func openResult(_ file: FileHandle) -> OpenResult {
+        let ove1 = file.node.kind == .ove1 || (file.node.kind == .empty && context.newFileFormat == .ove1)
+        return OpenResult(handle: retain(file), directIO: ove1, keepCache: !ove1)
     }
 
     public func read(_ path: FusePath?, handle: UInt64, into buffer: UnsafeMutableRawBufferPointer, offset: Int64) throws(Errno) -> Int {
@@ -372,19 +379,19 @@ public final class VikingFileSystem: FuseFileSystem {
 
     public func flush(_ path: FusePath?, handle: UInt64) throws(Errno) {
         let file = try fileHandle(handle)
-        try commit(file.node, path: path)
+        try commit(file.node)
     }
 
     public func fsync(_ path: FusePath?, handle: UInt64, dataOnly: Bool) throws(Errno) {
         let file = try fileHandle(handle)
-        try commit(file.node, path: path)
+        try commit(file.node)
         try file.node.sync(dataOnly: dataOnly)
     }
 
     public func release(_ path: FusePath?, handle: UInt64) {
         let file = Unmanaged<Handle>.fromOpaque(UnsafeRawPointer(bitPattern: UInt(handle))!).takeRetainedValue()
         guard let file = file as? FileHandle else { return }
-        do { try commit(file.node, path: path) } catch {
+        do { try commit(file.node) } catch {
             Log.error("\(file.node.displayPath): changes could not be written back on close: \(error)")
         }
         releaseNode(file.node)
@@ -490,12 +497,16 @@ public final class VikingFileSystem: FuseFileSystem {
         guard let directory = handleObject(handle) as? DirectoryHandle else { throw .badFile }
         rewinddir(directory.directory)
         let prefixLength = TemporaryName.prefix.utf8.count
+        let fd = dirfd(directory.directory)
         while let entry = Glibc.readdir(directory.directory) {
             let type = mode_t(entry.pointee.d_type) << 12
             let inode = UInt64(entry.pointee.d_ino)
             let keepGoing = withUnsafePointer(to: entry.pointee.d_name) { raw in
                 raw.withMemoryRebound(to: CChar.self, capacity: 256) { name -> Bool in
-                    if strncmp(name, TemporaryName.prefix, prefixLength) == 0 { return true }
+                    if strncmp(name, TemporaryName.prefix, prefixLength) == 0 {
+                        removeIfStale(directoryFD: fd, name: name)
+                        return true
+                    }
                     return filler.add(name, inode: inode, type: type)
                 }
             }
@@ -518,13 +529,21 @@ public final class VikingFileSystem: FuseFileSystem {
         guard fd >= 0, let dir = fdopendir(fd) else { if fd >= 0 { close(fd) }; return }
         defer { closedir(dir) }
         while let entry = Glibc.readdir(dir) {
-            let name = withUnsafePointer(to: entry.pointee.d_name) { $0.withMemoryRebound(to: CChar.self, capacity: 256) { String(cString: $0) } }
-            guard TemporaryName.isTemporary(name) else { continue }
-            var st = stat()
-            if fstatat(fd, name, &st, AT_SYMLINK_NOFOLLOW) == 0 && st.st_mtim.tv_sec < context.startTime {
-                Log.info("removing stale temporary file \(String(cString: directory))/\(name)")
-                unlinkat(fd, name, 0)
+            withUnsafePointer(to: entry.pointee.d_name) {
+                $0.withMemoryRebound(to: CChar.self, capacity: 256) { name in
+                    if TemporaryName.isTemporary(String(cString: name)) { removeIfStale(directoryFD: fd, name: name) }
+                }
             }
+        }
+    }
+
+    /// A temporary file older than this mount is the leftover of a crash during an OVE1 write-back (the old
+    /// envelope is still in place): remove it. Younger ones belong to a write-back in progress.
+    private func removeIfStale(directoryFD: Int32, name: UnsafePointer<CChar>) {
+        var st = stat()
+        guard fstatat(directoryFD, name, &st, AT_SYMLINK_NOFOLLOW) == 0, st.st_mtim.tv_sec < context.startTime else { return }
+        if unlinkat(directoryFD, name, 0) == 0 {
+            Log.info("removed a stale temporary file \(String(cString: name)) left by an interrupted write-back")
         }
     }
 

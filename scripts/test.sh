@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# Runs every test: unit tests (swift test), then the integration suites that mount real file systems.
+# Needs root (mounting FUSE and tmpfs). Prints one closing line: "N passed, N failed".
+set -uo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/install-deps.sh || exit 1
+
+echo "== build"
+swift build 2>&1 | tail -n 3 || exit 1
+[ -x .build/debug/vikingfs-mount ] || { echo "build failed"; exit 1; }
+
+total_passed=0
+total_failed=0
+
+echo "== unit tests (swift test)"
+swift test 2>&1 | tee /tmp/vikingfs-swift-test.log | grep -E '✘|error:|failed|passed after|Executed' | tail -n 20
+unit_status=${PIPESTATUS[0]}
+unit_passed=$(grep -oE 'Test run with [0-9]+ tests? in [0-9]+ suites? passed' /tmp/vikingfs-swift-test.log | grep -oE '[0-9]+' | head -1)
+unit_failed=$(grep -cE '^✘ Test .* (failed|recorded an issue)' /tmp/vikingfs-swift-test.log)
+if [ "$unit_status" -ne 0 ]; then unit_failed=$((unit_failed > 0 ? unit_failed : 1)); fi
+total_passed=$((total_passed + ${unit_passed:-0}))
+total_failed=$((total_failed + unit_failed))
+
+for suite in Tests/integration/core.sh Tests/integration/admin.sh Tests/integration/ove1.sh Tests/integration/providers.sh Tests/integration/interop.sh; do
+    [ -f "$suite" ] || continue
+    echo "== $suite"
+    bash "$suite" 2>&1 | tee /tmp/vikingfs-suite.log
+    status=${PIPESTATUS[0]}
+    line=$(grep -E '^[0-9]+ passed, [0-9]+ failed' /tmp/vikingfs-suite.log | tail -1)
+    p=$(echo "$line" | awk '{print $1}'); f=$(echo "$line" | awk '{print $3}')
+    if [ -z "$line" ]; then p=0; f=1; fi
+    if [ "$status" -ne 0 ] && [ "${f:-0}" -eq 0 ]; then f=1; fi
+    total_passed=$((total_passed + ${p:-0}))
+    total_failed=$((total_failed + ${f:-0}))
+done
+
+leftover=$(grep -E ' fuse\.vikingfs | fuse\.passthrough ' /proc/mounts | grep /tmp/vikingfs-test || true)
+if [ -n "$leftover" ]; then echo "mounts left behind: $leftover"; total_failed=$((total_failed + 1)); fi
+
+echo
+echo "$total_passed passed, $total_failed failed"
+[ "$total_failed" -eq 0 ]
