@@ -257,6 +257,14 @@ check "read-only mount refuses writes and reads fine" bash -c "
     viking_mount() { '$BIN/vikingfs-mount' \"\$@\"; }; viking_mount '$B' '$M' -o root_key_file='$KEY',ro \
     && [ \"\$(cat '$M/globex/mover')\" = 'moving SECRETMARKER' ] && ! touch '$M/acme/new' 2>/dev/null; rc=\$?; fusermount3 -u '$M'; exit \$rc"
 
+echo "== fstab and mount -a"
+created_helper=0
+if [ ! -e /sbin/mount.vikingfs ]; then ln -s "$BIN/vikingfs-mount" /sbin/mount.vikingfs; created_helper=1; fi
+printf '%s %s vikingfs root_key_file=%s,_netdev,nofail 0 0\n' "$B" "$M" "$KEY" > "$SCRATCH/fstab"
+check "mount -a mounts an fstab line of type vikingfs" bash -c "mount -a -T '$SCRATCH/fstab' && grep -q ' $M fuse.vikingfs ' /proc/mounts && [ \"\$(cat '$M/globex/mover')\" = 'moving SECRETMARKER' ]"
+check "umount unmounts it" bash -c "umount '$M' && ! grep -q ' $M fuse' /proc/mounts"
+[ "$created_helper" = 1 ] && rm -f /sbin/mount.vikingfs
+
 echo "== OpenViking fixtures"
 cp -a "$VECTORS/viking" "$SCRATCH/ov"
 cp "$VECTORS/master.key" "$SCRATCH/ov.key"; chmod 600 "$SCRATCH/ov.key"
