@@ -200,8 +200,15 @@ final class FileNode {
         let first = offset / blockSize
         let last = (end - 1) / blockSize
         let blockCount = Int(last - first + 1)
-        let scratch = ThreadScratch.current.buffer(blockCount * storedBlock + layout.blockSize)
-        let blockBuffer = UnsafeMutableRawBufferPointer(rebasing: scratch[(blockCount * storedBlock)...])
+        let sealedArea = blockCount * storedBlock
+        let scratch = ThreadScratch.current.buffer(sealedArea + layout.blockSize + blockCount * NativeFormat.nonceLength)
+        let blockBuffer = UnsafeMutableRawBufferPointer(rebasing: scratch[sealedArea..<(sealedArea + layout.blockSize)])
+        // One call to the random generator for every nonce of this write, not one per block.
+        let nonces = UnsafeMutableRawBufferPointer(rebasing: scratch[(sealedArea + layout.blockSize)...])
+        do { try freshNonces(nonces) } catch {
+            Log.error("\(displayPath): random generator failed: \(error)")
+            throw .io
+        }
         var written = 0
         var index = first
         while index <= last {
@@ -214,13 +221,13 @@ final class FileNode {
             do {
                 if from == 0 && to >= oldLength {
                     let source = UnsafeRawBufferPointer(rebasing: data[Int(blockStart - offset)..<(Int(blockStart - offset) + to)])
-                    try cipher.sealBlock(index: UInt64(index), plaintext: source, output: slot)
+                    try cipher.sealBlock(index: UInt64(index), nonce: nonce(nonces, Int(index - first)), plaintext: source, output: slot)
                 } else {
                     let plain = UnsafeMutableRawBufferPointer(rebasing: blockBuffer[0..<newLength])
                     if oldLength > 0 { try readBlock(index, length: oldLength, into: plain) }
                     if from > oldLength { memset(plain.baseAddress! + oldLength, 0, from - oldLength) }
                     (plain.baseAddress! + from).copyMemory(from: data.baseAddress! + Int(blockStart + Int64(from) - offset), byteCount: to - from)
-                    try cipher.sealBlock(index: UInt64(index), plaintext: UnsafeRawBufferPointer(plain), output: slot)
+                    try cipher.sealBlock(index: UInt64(index), nonce: nonce(nonces, Int(index - first)), plaintext: UnsafeRawBufferPointer(plain), output: slot)
                 }
             } catch let e as Errno {
                 throw e
@@ -233,6 +240,22 @@ final class FileNode {
         }
         try pwriteFully(fd, UnsafeRawBufferPointer(rebasing: scratch[0..<written]), at: layout.storedOffset(ofBlock: first))
         size = max(size, end)
+    }
+
+    /// Random nonces for a batch of blocks; an all-zero nonce is reserved for holes and never used.
+    private func freshNonces(_ area: UnsafeMutableRawBufferPointer) throws {
+        try SecureRandom.fill(area)
+        var at = 0
+        while at + NativeFormat.nonceLength <= area.count {
+            let one = UnsafeMutableRawBufferPointer(rebasing: area[at..<(at + NativeFormat.nonceLength)])
+            while one.allSatisfy({ $0 == 0 }) { try SecureRandom.fill(one) }
+            at += NativeFormat.nonceLength
+        }
+    }
+
+    @inline(__always)
+    private func nonce(_ area: UnsafeMutableRawBufferPointer, _ k: Int) -> UnsafeRawBufferPointer {
+        UnsafeRawBufferPointer(rebasing: area[(k * NativeFormat.nonceLength)..<((k + 1) * NativeFormat.nonceLength)])
     }
 
     /// Opens the first `length` plaintext bytes of block `index` into `output`; refuses a damaged block.

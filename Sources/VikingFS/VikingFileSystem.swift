@@ -324,7 +324,10 @@ public final class VikingFileSystem: FuseFileSystem {
         let fd = try syscallRetrying {
             openat(context.rootFD, path.relative, O_CREAT | O_RDWR | O_CLOEXEC | O_NOFOLLOW | (flags & O_EXCL), mode)
         }
-        chownToCaller(path)
+        if geteuid() == 0 {
+            let caller = FuseCaller.current
+            _ = fchown(fd, caller.uid, caller.gid)
+        }
         var st = stat()
         guard fstat(fd, &st) == 0 else { let e = Errno.current; close(fd); throw e }
         if st.st_size > 0 {

@@ -236,7 +236,7 @@ check "remount" viking_mount "$B" "$M" -o root_key_file="$KEY"
 check "everything reads back after remount" bash -c "tree_manifest() { (cd \"\$1\" && find . -mindepth 1 -printf '%P %y %m %s %l\n' | LC_ALL=C sort && find . -type f -print0 | LC_ALL=C sort -z | xargs -0 -r sha256sum); }; diff '$SCRATCH/manifest-before' <(tree_manifest '$M/acme/src')"
 check "sqlite3 rows read back after remount" bash -c "[ \$(sqlite3 '$M/acme/queue.db' 'SELECT count(*) FROM q WHERE body LIKE \"row-%\"') = 10000 ] && sqlite3 '$M/acme/queue.db' 'PRAGMA integrity_check' | grep -qx ok"
 check "git log after remount" bash -c "cd '$M/acme/repo' && [ \$(git log --oneline | wc -l) = 2 ]"
-check "SIGTERM unmounts cleanly" bash -c "kill -TERM \$(cat '$M.pid') && for i in \$(seq 50); do grep -q ' $M fuse' /proc/mounts || exit 0; sleep 0.1; done; exit 1"
+check "SIGTERM unmounts cleanly" bash -c "kill -TERM \$(cat '$M.pid') && for i in \$(seq 200); do grep -q ' $M fuse' /proc/mounts || exit 0; sleep 0.1; done; exit 1"
 
 echo "== key handling"
 WRONG=$SCRATCH/wrong.key; new_key "$WRONG"

@@ -65,7 +65,7 @@ viking_mount() {
     "$BIN/vikingfs-mount" "$backing" "$mnt" -f "$@" >"$mnt.log" 2>&1 &
     echo $! > "$mnt.pid"
     local i
-    for i in $(seq 1 100); do
+    for i in $(seq 1 400); do
         if grep -q " $mnt fuse" /proc/mounts; then return 0; fi
         if ! kill -0 $! 2>/dev/null; then cat "$mnt.log" >&2; return 1; fi
         sleep 0.05
@@ -77,7 +77,7 @@ viking_mount() {
 viking_umount() {
     local mnt=$1 i
     fusermount3 -u "$mnt" || return 1
-    for i in $(seq 1 100); do pgrep -f "vikingfs-mount .* $mnt -f" >/dev/null || return 0; sleep 0.05; done
+    for i in $(seq 1 400); do pgrep -f "vikingfs-mount .* $mnt -f" >/dev/null || return 0; sleep 0.05; done
 }
 
 tree_manifest() { # tree_manifest DIR: path, type, mode and content hash of everything below DIR
