@@ -21,7 +21,10 @@ public struct VikingFSConfiguration {
     public var readOnly = false
     /// Largest OVE1 plaintext held in memory per open file (`-o ove1_max_size=`); beyond it, EFBIG.
     public var ove1MemoryLimit = 64 << 20
-    public var writebackCache = true
+    /// Off by default: with libfuse's high-level API and the kernel writeback cache, unlinking a closed file
+    /// makes the kernel flush its ctime for an inode libfuse has already forgotten, and the next syncfs()
+    /// reports ESTALE (seen with the plain passthrough too). `-o writeback` turns it on for speed.
+    public var writebackCache = false
     public var attributeTimeout: Double = 1.0
     public var entryTimeout: Double = 1.0
 

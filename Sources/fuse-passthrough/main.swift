@@ -8,10 +8,11 @@ import Glibc
 
 final class Passthrough: FuseFileSystem {
     let root: Int32
-    init(root: Int32) { self.root = root }
+    let writeback: Bool
+    init(root: Int32, writeback: Bool) { self.root = root; self.writeback = writeback }
 
     func initialize(settings: inout FuseInitSettings) {
-        settings.writebackCache = true
+        settings.writebackCache = writeback
         settings.attributeTimeout = 1
         settings.entryTimeout = 1
     }
@@ -116,14 +117,20 @@ var foreground = false
 var debug = false
 var options: [String] = []
 var positional: [String] = []
+var writeback = false
 while !arguments.isEmpty {
     let a = arguments.removeFirst()
     switch a {
     case "-f": foreground = true
     case "-d": debug = true; foreground = true
-    case "-o": if !arguments.isEmpty { options += arguments.removeFirst().split(separator: ",").map(String.init) }
+    case "-o":
+        if !arguments.isEmpty {
+            for option in arguments.removeFirst().split(separator: ",").map(String.init) {
+                if option == "writeback" { writeback = true } else { options.append(option) }
+            }
+        }
     case "-h", "--help":
-        print("usage: fuse-passthrough SOURCE MOUNTPOINT [-f] [-d] [-o opt,...]")
+        print("usage: fuse-passthrough SOURCE MOUNTPOINT [-f] [-d] [-o writeback,opt,...]")
         exit(0)
     default: positional.append(a)
     }
@@ -142,7 +149,7 @@ var configuration = FuseMountConfiguration()
 configuration.debug = debug
 configuration.options = ["fsname=\(positional[0])", "subtype=passthrough", "default_permissions"] + options
 do {
-    let status = try FuseSession.run(Passthrough(root: rootFD), mountpoint: positional[1], configuration: configuration) {
+    let status = try FuseSession.run(Passthrough(root: rootFD, writeback: writeback), mountpoint: positional[1], configuration: configuration) {
         readiness?.signalReady()
     }
     exit(status == 0 ? 0 : 1)

@@ -41,7 +41,7 @@ Mounts an encrypted, per-account view of the AGFS directory BACKING at MOUNTPOIN
      format=native|ove1      format of new files (default native; ove1 = OpenViking's envelope)
      block_size=BYTES        native block size, a power of two from 4096 to 1048576 (default 4096)
      ove1_max_size=BYTES     largest OVE1 file held in memory while open (default 67108864)
-     no_writeback            disable the kernel writeback cache
+     writeback               enable the kernel writeback cache (faster small writes; see vikingfs-mount(8))
      attr_timeout=S, entry_timeout=S   kernel attribute/entry cache lifetimes (default 1)
      verbose                 log debug messages
      ro, allow_other, allow_root, auto_unmount, fsname=NAME, subtype=NAME, default_permissions,
@@ -117,7 +117,7 @@ var readOnly = false
 var format = NewFileFormat.native
 var blockShift = NativeFormat.defaultBlockShift
 var ove1MaxSize = 64 << 20
-var writeback = true
+var writeback = false
 var verbose = false
 var attrTimeout = 1.0
 var entryTimeout = 1.0
@@ -152,6 +152,7 @@ for option in rawOptions {
     case "ove1_max_size":
         guard let value, let bytes = Int(value), bytes > 0 else { fail(.usage, "ove1_max_size must be a positive number of bytes") }
         ove1MaxSize = bytes
+    case "writeback": writeback = true
     case "no_writeback": writeback = false
     case "verbose": verbose = true
     case "attr_timeout", "entry_timeout":

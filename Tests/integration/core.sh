@@ -100,6 +100,8 @@ os.rename(f"{d}/x1", f"{d}/sub-x1") ; assert open(f"{d}/sub-x1").read() == "two"
 PY
 check "hard link within an account" bash -c "ln '$M/acme/meta' '$M/acme/meta-link' && [ \$(stat -c %h '$M/acme/meta-link') = 2 ] && [ \$(stat -c %i '$M/acme/meta-link') = \$(stat -c %i '$M/acme/meta') ] && cmp '$M/acme/meta' '$M/acme/meta-link'"
 
+check "sync -f after deleting a file succeeds" bash -c "echo gone > '$M/acme/deleted' && rm '$M/acme/deleted' && sync -f '$M'"
+
 echo "== accounts"
 check "cross-account rename is EXDEV" python3 -c "
 import errno, os
