@@ -212,6 +212,86 @@ if [[ -n "${VIKINGFS_KMS_ENDPOINT:-}" ]]; then
     fi
 fi
 
+# --- end to end: vikingfs init-key, then a real mount, per provider ---------------------------------------------
+BIN="$PKG/.build/debug"
+[[ -n "${VIKINGFS_SCRATCH_PATH:-}" ]] && BIN="$VIKINGFS_SCRATCH_PATH/debug"
+printf '%s\n' "$ROOT_TOKEN" >"$WORK/token"; chmod 600 "$WORK/token"
+mkdir -p "$WORK/mnt-fs"
+mount -t tmpfs tmpfs "$WORK/mnt-fs"
+unmount_all() { fusermount3 -u "$WORK/mnt-fs/m" 2>/dev/null; umount "$WORK/mnt-fs" 2>/dev/null; }
+trap 'unmount_all; cleanup' EXIT
+
+# e2e_mount NAME OPTIONS: mount a fresh backing dir with OPTIONS, write and read a file, unmount, remount, read again.
+e2e_mount() {
+    local name=$1 options=$2 b="$WORK/mnt-fs/b-$1" m="$WORK/mnt-fs/m"
+    mkdir -p "$b" "$m"
+    if ! out=$("$BIN/vikingfs-mount" "$b" "$m" -o "$options" 2>&1); then fail "$name: mount: $out"; return; fi
+    mkdir -p "$m/acme" && echo "sealed under $name SECRET" >"$m/acme/doc.md"
+    fusermount3 -u "$m"
+    if grep -rq SECRET "$b"; then fail "$name: plaintext on the backing dir"; return; fi
+    if ! out=$("$BIN/vikingfs-mount" "$b" "$m" -o "$options" 2>&1); then fail "$name: remount: $out"; return; fi
+    if [[ "$(cat "$m/acme/doc.md")" == "sealed under $name SECRET" && "$(head -c4 "$b/acme/doc.md")" == VKFS ]]; then
+        pass "$name: a real mount seals, unmounts, remounts with the same key and reads back"
+    else
+        fail "$name: read back through the mount"
+    fi
+    fusermount3 -u "$m"
+}
+
+VAULT_OPTS="key_provider=vault,vault_addr=$ADDR,vault_token_file=$WORK/token,vault_kv_mount=secret,vault_kv_version=2"
+E2E_PATH="vikingfs-e2e-$RUN/root"
+if out=$("$BIN/vikingfs" init-key --provider vault --vault-addr "$ADDR" --vault-token-file "$WORK/token" \
+        --vault-kv-mount secret --vault-kv-version 2 --vault-kv-path "$E2E_PATH" 2>&1); then
+    pass "vikingfs init-key --provider vault created a key: $(echo "$out" | tail -1)"
+    e2e_mount vault-init-key "$VAULT_OPTS,vault_kv_path=$E2E_PATH"
+else
+    fail "vikingfs init-key --provider vault: $out"
+fi
+if out=$("$BIN/vikingfs" init-key --provider vault --vault-addr "$ADDR" --vault-token-file "$WORK/token" \
+        --vault-kv-mount secret --vault-kv-version 2 --vault-kv-path "$E2E_PATH" 2>&1); then
+    fail "a second vikingfs init-key --provider vault overwrote the key"
+else
+    pass "a second init-key refuses to overwrite: $(echo "$out" | tail -1)"
+fi
+e2e_mount vault-openviking-layout-kv2 "$VAULT_OPTS,vault_kv_path=$OV_PATH"
+e2e_mount vault-openviking-layout-kv1 "key_provider=vault,vault_addr=$ADDR,vault_token_file=$WORK/token,vault_kv_mount=kv1,vault_kv_version=1,vault_kv_path=$OV_PATH"
+
+printf 'not-the-token\n' >"$WORK/bad-token"; chmod 600 "$WORK/bad-token"
+mkdir -p "$WORK/mnt-fs/b-bad" "$WORK/mnt-fs/m"
+out=$("$BIN/vikingfs-mount" "$WORK/mnt-fs/b-bad" "$WORK/mnt-fs/m" -o "key_provider=vault,vault_addr=$ADDR,vault_token_file=$WORK/bad-token,vault_kv_path=$OV_PATH" 2>&1); rc=$?
+if [[ $rc -eq 3 && "$out" == *403* ]] && ! grep -q " $WORK/mnt-fs/m " /proc/mounts && [[ ! -e "$WORK/mnt-fs/b-bad/backend_meta.json" ]]; then
+    pass "a wrong Vault token refuses to mount (exit 3), nothing written: $(echo "$out" | head -c 160)"
+else
+    fail "wrong Vault token: rc=$rc out=$out"
+fi
+
+if [[ -n "${KMS_ENDPOINT:-}" ]]; then
+    printf 'access_key = %s\nsecret_key = %s\n' "$KMS_AK" "$(cat "$WORK/kms-sk")" >"$WORK/kms-credentials"; chmod 600 "$WORK/kms-credentials"
+    KMS_OPTS="key_provider=volcengine_kms,volcengine_endpoint=$KMS_ENDPOINT,volcengine_region=cn-beijing,volcengine_key_id=test-key,volcengine_credentials_file=$WORK/kms-credentials,volcengine_encrypted_key_file=$WORK/kms-root.key"
+    if out=$("$BIN/vikingfs" init-key --provider volcengine_kms --volcengine-endpoint "$KMS_ENDPOINT" --volcengine-region cn-beijing \
+            --volcengine-key-id test-key --volcengine-credentials-file "$WORK/kms-credentials" \
+            --volcengine-encrypted-key-file "$WORK/kms-root.key" 2>&1); then
+        pass "vikingfs init-key --provider volcengine_kms wrote the KMS-encrypted root key ($(stat -c %s "$WORK/kms-root.key") bytes, mode $(stat -c %a "$WORK/kms-root.key"))"
+        e2e_mount volcengine-kms "$KMS_OPTS"
+    else
+        fail "vikingfs init-key --provider volcengine_kms: $out"
+    fi
+fi
+
+# Sealing the server makes a mount fail clearly, and nothing is written.
+if curl -sS -f -X PUT -H "X-Vault-Token: $ROOT_TOKEN" "$ADDR/v1/sys/seal" >/dev/null; then
+    mkdir -p "$WORK/mnt-fs/b-sealed"
+    out=$("$BIN/vikingfs-mount" "$WORK/mnt-fs/b-sealed" "$WORK/mnt-fs/m" -o "$VAULT_OPTS,vault_kv_path=$OV_PATH" 2>&1); rc=$?
+    if [[ $rc -eq 3 && "$out" == *sealed* && ! -e "$WORK/mnt-fs/b-sealed/backend_meta.json" ]] && ! grep -q " $WORK/mnt-fs/m " /proc/mounts; then
+        pass "a sealed Vault refuses to mount (exit 3), nothing written: $(echo "$out" | head -c 160)"
+    else
+        fail "sealed Vault: rc=$rc out=$out"
+    fi
+    curl -sS -f -X PUT -H "X-Vault-Token: $ROOT_TOKEN" -d "{\"key\":\"$UNSEAL_KEY\"}" "$ADDR/v1/sys/unseal" >/dev/null || fail "unsealing again"
+else
+    fail "sealing the OpenBao server"
+fi
+
 # --- the server goes away ---------------------------------------------------------------------------------------
 kill "$BAO_PID" 2>/dev/null
 wait "$BAO_PID" 2>/dev/null
@@ -219,6 +299,13 @@ if curl -s -o /dev/null "$ADDR/v1/sys/health"; then
     fail "stopping the OpenBao server"
 else
     VIKINGFS_VAULT_GONE_ADDR="$ADDR" swift_suite 'VaultGoneTests' gone
+    mkdir -p "$WORK/mnt-fs/b-gone"
+    out=$("$BIN/vikingfs-mount" "$WORK/mnt-fs/b-gone" "$WORK/mnt-fs/m" -o "$VAULT_OPTS,vault_kv_path=$OV_PATH,vault_timeout=2" 2>&1); rc=$?
+    if [[ $rc -eq 3 && "$out" == *unreachable* && ! -e "$WORK/mnt-fs/b-gone/backend_meta.json" ]]; then
+        pass "an unreachable Vault refuses to mount (exit 3), no key created: $(echo "$out" | head -c 160)"
+    else
+        fail "Vault gone: rc=$rc out=$out"
+    fi
 fi
 
 finish
