@@ -25,6 +25,8 @@ public struct VikingFSConfiguration {
     /// makes the kernel flush its ctime for an inode libfuse has already forgotten, and the next syncfs()
     /// reports ESTALE (seen with the plain passthrough too). `-o writeback` turns it on for speed.
     public var writebackCache = false
+    /// Refuse legacy plaintext (`-o no_legacy`): once a tree is sealed, any unsealed file is damage or a plant.
+    public var refuseLegacy = false
     public var attributeTimeout: Double = 1.0
     public var entryTimeout: Double = 1.0
 
@@ -43,6 +45,7 @@ final class FileSystemContext {
     let blockShift: UInt8
     let readOnly: Bool
     let ove1MemoryLimit: Int
+    let refuseLegacy: Bool
     /// Keeps offsets well inside Int64 after the per-block overhead is added.
     let maxFileSize: Int64 = 1 << 50
     let startTime: time_t = time(nil)
@@ -55,6 +58,7 @@ final class FileSystemContext {
         blockShift = configuration.blockShift
         readOnly = configuration.readOnly
         ove1MemoryLimit = configuration.ove1MemoryLimit
+        refuseLegacy = configuration.refuseLegacy
     }
 
     func createNativeCipher(account: String) throws(Errno) -> NativeFileCipher {

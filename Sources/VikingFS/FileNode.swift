@@ -55,6 +55,9 @@ final class FileNode {
         let prefix = try preadArray(fd, count: NativeFormat.headerLength, at: 0)
         let kind = FileKind.classify(prefix: prefix, size: Int64(st.st_size))
         switch kind {
+        case .legacy where context.refuseLegacy:
+            Log.error("\(displayPath): not sealed (no VKFS or OVE1 magic) and no_legacy is set; refusing it (EIO)")
+            throw .io
         case .empty, .legacy:
             return FileNode(key: NodeKey(st), fd: fd, writableFD: writableFD, account: account, displayPath: displayPath,
                             kind: kind, cipher: nil, size: Int64(st.st_size), ove1Plaintext: [])

@@ -41,6 +41,7 @@ Mounts an encrypted, per-account view of the AGFS directory BACKING at MOUNTPOIN
      format=native|ove1      format of new files (default native; ove1 = OpenViking's envelope)
      block_size=BYTES        native block size, a power of two from 4096 to 1048576 (default 4096)
      ove1_max_size=BYTES     largest OVE1 file held in memory while open (default 67108864)
+     no_legacy               refuse unsealed (legacy plaintext) files with EIO, for fully sealed trees
      writeback               enable the kernel writeback cache (faster small writes; see vikingfs-mount(8))
      attr_timeout=S, entry_timeout=S   kernel attribute/entry cache lifetimes (default 1)
      verbose                 log debug messages
@@ -118,6 +119,7 @@ var format = NewFileFormat.native
 var blockShift = NativeFormat.defaultBlockShift
 var ove1MaxSize = 64 << 20
 var writeback = false
+var refuseLegacy = false
 var verbose = false
 var attrTimeout = 1.0
 var entryTimeout = 1.0
@@ -152,6 +154,7 @@ for option in rawOptions {
     case "ove1_max_size":
         guard let value, let bytes = Int(value), bytes > 0 else { fail(.usage, "ove1_max_size must be a positive number of bytes") }
         ove1MaxSize = bytes
+    case "no_legacy": refuseLegacy = true
     case "writeback": writeback = true
     case "no_writeback": writeback = false
     case "verbose": verbose = true
@@ -238,6 +241,7 @@ configuration.blockShift = blockShift
 configuration.readOnly = readOnly
 configuration.ove1MemoryLimit = ove1MaxSize
 configuration.writebackCache = writeback
+configuration.refuseLegacy = refuseLegacy
 configuration.attributeTimeout = attrTimeout
 configuration.entryTimeout = entryTimeout
 

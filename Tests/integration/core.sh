@@ -203,6 +203,12 @@ check "legacy file can be renamed within its account and deleted" bash -c "mv '$
 check "a copy of a legacy file is sealed" bash -c "[ \$(head -c4 '$B/acme/legacy/copy.md') = VKFS ]"
 check "empty backing file is an empty, writable file" bash -c "[ \$(stat -c %s '$M/acme/legacy/empty.txt') = 0 ] && echo now-sealed > '$M/acme/legacy/empty.txt' && [ \$(cat '$M/acme/legacy/empty.txt') = now-sealed ] && [ \$(head -c4 '$B/acme/legacy/empty.txt') = VKFS ]"
 
+check "no_legacy refuses legacy files with EIO" bash -c "
+    fusermount3 -u '$M' && '$BIN/vikingfs-mount' '$B' '$M' -o root_key_file='$KEY',no_legacy 2>/dev/null \
+    && printf 'planted' > '$B/acme/legacy/planted.md' && ! cat '$M/acme/legacy/planted.md' 2>/dev/null && [ \"\$(cat '$M/acme/legacy/empty.txt')\" = now-sealed ]; rc=\$?
+    rm -f '$B/acme/legacy/planted.md'; fusermount3 -u '$M'; exit \$rc"
+check "remount without no_legacy" viking_mount "$B" "$M" -o root_key_file="$KEY"
+
 echo "== what the backing dir holds"
 check "no plaintext marker anywhere in the backing dir" bash -c "! grep -r -a -l SECRETMARKER '$B'"
 check "no temporary files left behind" bash -c "[ -z \"\$(find '$B' -name '.vikingfs-tmp-*')\" ]"
