@@ -29,8 +29,9 @@ final class DirectoryHandle: Handle {
 }
 
 @inline(__always)
-private func handleObject(_ raw: UInt64) -> Handle {
-    Unmanaged<Handle>.fromOpaque(UnsafeRawPointer(bitPattern: UInt(raw))!).takeUnretainedValue()
+private func handleObject(_ raw: UInt64) -> Handle? {
+    guard let pointer = UnsafeRawPointer(bitPattern: UInt(raw)) else { return nil }
+    return Unmanaged<Handle>.fromOpaque(pointer).takeUnretainedValue()
 }
 
 @inline(__always)
@@ -392,8 +393,8 @@ public final class VikingFileSystem: FuseFileSystem {
     }
 
     public func release(_ path: FusePath?, handle: UInt64) {
-        let file = Unmanaged<Handle>.fromOpaque(UnsafeRawPointer(bitPattern: UInt(handle))!).takeRetainedValue()
-        guard let file = file as? FileHandle else { return }
+        guard let pointer = UnsafeRawPointer(bitPattern: UInt(handle)) else { return }
+        guard let file = Unmanaged<Handle>.fromOpaque(pointer).takeRetainedValue() as? FileHandle else { return }
         do { try commit(file.node) } catch {
             Log.error("\(file.node.displayPath): changes could not be written back on close: \(error)")
         }
@@ -518,7 +519,8 @@ public final class VikingFileSystem: FuseFileSystem {
     }
 
     public func releasedir(_ path: FusePath?, handle: UInt64) {
-        Unmanaged<Handle>.fromOpaque(UnsafeRawPointer(bitPattern: UInt(handle))!).release()
+        guard let pointer = UnsafeRawPointer(bitPattern: UInt(handle)) else { return }
+        Unmanaged<Handle>.fromOpaque(pointer).release()
     }
 
     public func fsyncdir(_ path: FusePath?, handle: UInt64, dataOnly: Bool) throws(Errno) {

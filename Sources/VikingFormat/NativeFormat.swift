@@ -151,17 +151,8 @@ public final class NativeFileCipher: @unchecked Sendable {
     /// Opens a header with the account key of the account the file lives in.
     public static func open(header: NativeHeader, accountKey: SecureBytes, account: String) throws(FormatError) -> NativeFileCipher {
         let aad = NativeHeader.wrapAAD(prefix: header.authenticatedPrefix, account: account)
-        do {
-            let key = try AESGCM.openKey(key: accountKey, nonce: header.keyNonce, aad: aad, sealed: header.wrappedKey)
-            guard key.count == 32 else { throw FormatError.malformedHeader("wrapped key length") }
-            return NativeFileCipher(header: header, fileKey: key)
-        } catch CryptoError.authenticationFailed {
-            throw .keyUnwrapFailed(account: account)
-        } catch let e as FormatError {
-            throw e
-        } catch {
-            throw .malformedHeader("\(error)")
-        }
+        let key = try unwrapFileKey(header.wrappedKey, nonce: header.keyNonce, aad: aad, accountKey: accountKey, account: account)
+        return NativeFileCipher(header: header, fileKey: key)
     }
 
     /// The same file key under a different root key's account key (key rotation): contents stay as they are.
@@ -231,6 +222,21 @@ public final class NativeFileCipher: @unchecked Sendable {
             return body(UnsafeRawBufferPointer(aad))
         }
     }
+}
+
+/// Unwraps a 32-byte file key sealed under an account key (both formats): an authentication failure means the
+/// wrong root key, an altered header, or a header from another account.
+func unwrapFileKey(_ wrapped: [UInt8], nonce: [UInt8], aad: [UInt8], accountKey: SecureBytes, account: String) throws(FormatError) -> SecureBytes {
+    let key: SecureBytes
+    do {
+        key = try AESGCM.openKey(key: accountKey, nonce: nonce, aad: aad, sealed: wrapped)
+    } catch .authenticationFailed {
+        throw .keyUnwrapFailed(account: account)
+    } catch {
+        throw .malformedHeader("\(error)")
+    }
+    guard key.count == 32 else { throw .malformedHeader("file key length \(key.count), expected 32") }
+    return key
 }
 
 @inline(__always)

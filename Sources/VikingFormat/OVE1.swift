@@ -48,17 +48,7 @@ public enum OVE1 {
 
     /// Unwraps the file key: proves the account key without touching the content.
     public static func unwrapFileKey(_ header: Header, accountKey: SecureBytes, account: String) throws(FormatError) -> SecureBytes {
-        do {
-            let key = try AESGCM.openKey(key: accountKey, nonce: header.keyIV, sealed: header.wrappedKey)
-            guard key.count == 32 else { throw FormatError.malformedHeader("file key length \(key.count)") }
-            return key
-        } catch CryptoError.authenticationFailed {
-            throw .keyUnwrapFailed(account: account)
-        } catch let e as FormatError {
-            throw e
-        } catch {
-            throw .malformedHeader("\(error)")
-        }
+        try VikingFormat.unwrapFileKey(header.wrappedKey, nonce: header.keyIV, aad: [], accountKey: accountKey, account: account)
     }
 
     /// Opens a whole envelope and returns the plaintext; authenticates everything.
