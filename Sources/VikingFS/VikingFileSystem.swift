@@ -545,6 +545,7 @@ public final class VikingFileSystem: FuseFileSystem {
     /// A temporary file older than this mount is the leftover of a crash during an OVE1 write-back (the old
     /// envelope is still in place): remove it. Younger ones belong to a write-back in progress.
     private func removeIfStale(directoryFD: Int32, name: UnsafePointer<CChar>) {
+        if strcmp(name, TemporaryName.rotationJournal) == 0 { return }
         var st = stat()
         guard fstatat(directoryFD, name, &st, AT_SYMLINK_NOFOLLOW) == 0, st.st_mtim.tv_sec < context.startTime else { return }
         if unlinkat(directoryFD, name, 0) == 0 {
@@ -554,9 +555,9 @@ public final class VikingFileSystem: FuseFileSystem {
 
     // MARK: Extended attributes (sealed like content)
 
-    private func xattrAccountKey(_ path: FusePath) throws(Errno) -> SecureBytes {
+    private func xattrAccount(_ path: FusePath) throws(Errno) -> String {
         let st = try lstatBacking(path)
-        return try context.accountKey(account(of: path, isDirectory: (st.st_mode & S_IFMT) == S_IFDIR))
+        return account(of: path, isDirectory: (st.st_mode & S_IFMT) == S_IFDIR)
     }
 
     private func backingPath(_ path: FusePath) -> String {
@@ -568,7 +569,7 @@ public final class VikingFileSystem: FuseFileSystem {
         try requireVisible(path)
         let visible = String(cString: name)
         guard let backingName = XattrCodec.backingName(for: visible) else { throw .notSupported }
-        let key = try xattrAccountKey(path)
+        let key = try context.accountKey(try xattrAccount(path))
         let sealed: [UInt8]
         do { sealed = try XattrCodec.seal(value: Array(value), visibleName: visible, accountKey: key) } catch { throw .io }
         _ = try syscallRetrying { ExtendedAttributes.set(path: backingPath(path), name: backingName, value: sealed, size: sealed.count, flags: flags) }
@@ -583,12 +584,17 @@ public final class VikingFileSystem: FuseFileSystem {
         var sealed = [UInt8](repeating: 0, count: length)
         let got = try syscallRetrying { ExtendedAttributes.get(path: full, name: backingName, into: &sealed, size: length) }
         sealed.removeLast(length - got)
-        let value: [UInt8]
-        do {
-            value = try XattrCodec.open(sealed: sealed, visibleName: visible, accountKey: try xattrAccountKey(path))
-        } catch let e as Errno {
-            throw e
-        } catch {
+        // Every key of the ring, primary first: during a rotation some values are still under the old root key.
+        let account = try xattrAccount(path)
+        var opened: [UInt8]? = nil
+        for index in context.keyRing.allKeys.indices {
+            guard let key = try? context.keyRing.accountKey(account, keyIndex: index) else { continue }
+            if let value = try? XattrCodec.open(sealed: sealed, visibleName: visible, accountKey: key) {
+                opened = value
+                break
+            }
+        }
+        guard let value = opened else {
             Log.error("\(path.relativeString): extended attribute \(visible) fails authentication (EIO)")
             throw .io
         }

@@ -162,5 +162,8 @@ public func writeAtomically(path: String, bytes: [UInt8], mode: mode_t) -> Int32
 /// Names of vikingfs's temporary files in the backing dir; the mount never lists or opens them.
 public enum TemporaryName {
     public static let prefix = ".vikingfs-tmp-"
+    /// `vikingfs rotate-root-key`'s write-ahead journal in the backing root: hidden like every temporary file,
+    /// but never removed as stale (a rerun after a crash needs it).
+    public static let rotationJournal = prefix + "rotation-journal"
     public static func isTemporary<S: StringProtocol>(_ name: S) -> Bool { name.hasPrefix(prefix) }
 }
