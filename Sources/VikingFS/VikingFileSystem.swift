@@ -578,7 +578,9 @@ public final class VikingFileSystem: FuseFileSystem {
     public func getxattr(_ path: FusePath, name: UnsafePointer<CChar>, into buffer: UnsafeMutableRawBufferPointer) throws(Errno) -> Int {
         try requireVisible(path)
         let visible = String(cString: name)
-        guard let backingName = XattrCodec.backingName(for: visible) else { throw .noData }
+        // Other namespaces (security.*, system.posix_acl_*) are not supported, and saying so (rather than
+        // "no such attribute") lets tools such as ls stop asking for every file.
+        guard let backingName = XattrCodec.backingName(for: visible) else { throw .notSupported }
         let full = backingPath(path)
         let length = try syscallRetrying { ExtendedAttributes.get(path: full, name: backingName, into: nil, size: 0) }
         var sealed = [UInt8](repeating: 0, count: length)
@@ -626,7 +628,7 @@ public final class VikingFileSystem: FuseFileSystem {
     public func removexattr(_ path: FusePath, name: UnsafePointer<CChar>) throws(Errno) {
         try requireWritable()
         try requireVisible(path)
-        guard let backingName = XattrCodec.backingName(for: String(cString: name)) else { throw .noData }
+        guard let backingName = XattrCodec.backingName(for: String(cString: name)) else { throw .notSupported }
         _ = try syscallRetrying { ExtendedAttributes.remove(path: backingPath(path), name: backingName) }
     }
 }
