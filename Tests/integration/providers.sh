@@ -236,6 +236,19 @@ e2e_mount() {
         fail "$name: read back through the mount"
     fi
     fusermount3 -u "$m"
+    # OVE1 envelopes carry the provider's marker byte (DESIGN 4.1): 0x02 Vault, 0x03 Volcengine KMS.
+    local want=$3
+    if "$BIN/vikingfs-mount" "$b" "$m" -o "$options,format=ove1" 2>/dev/null && echo ove1 >"$m/acme/env.md" && fusermount3 -u "$m"; then
+        local got; got=$(od -An -tx1 -j5 -N1 "$b/acme/env.md" | tr -d ' ')
+        local meta; meta=$(od -An -tx1 -j5 -N1 "$b/backend_meta.json" | tr -d ' ')
+        if [[ "$got" == "$want" && "$meta" == "$want" ]]; then
+            pass "$name: OVE1 envelopes and the key check carry provider byte 0x$want"
+        else
+            fail "$name: provider byte 0x$got (file), 0x$meta (key check), expected 0x$want"
+        fi
+    else
+        fail "$name: format=ove1 mount"
+    fi
 }
 
 VAULT_OPTS="key_provider=vault,vault_addr=$ADDR,vault_token_file=$WORK/token,vault_kv_mount=secret,vault_kv_version=2"
@@ -243,7 +256,7 @@ E2E_PATH="vikingfs-e2e-$RUN/root"
 if out=$("$BIN/vikingfs" init-key --provider vault --vault-addr "$ADDR" --vault-token-file "$WORK/token" \
         --vault-kv-mount secret --vault-kv-version 2 --vault-kv-path "$E2E_PATH" 2>&1); then
     pass "vikingfs init-key --provider vault created a key: $(echo "$out" | tail -1)"
-    e2e_mount vault-init-key "$VAULT_OPTS,vault_kv_path=$E2E_PATH"
+    e2e_mount vault-init-key "$VAULT_OPTS,vault_kv_path=$E2E_PATH" 02
 else
     fail "vikingfs init-key --provider vault: $out"
 fi
@@ -253,8 +266,8 @@ if out=$("$BIN/vikingfs" init-key --provider vault --vault-addr "$ADDR" --vault-
 else
     pass "a second init-key refuses to overwrite: $(echo "$out" | tail -1)"
 fi
-e2e_mount vault-openviking-layout-kv2 "$VAULT_OPTS,vault_kv_path=$OV_PATH"
-e2e_mount vault-openviking-layout-kv1 "key_provider=vault,vault_addr=$ADDR,vault_token_file=$WORK/token,vault_kv_mount=kv1,vault_kv_version=1,vault_kv_path=$OV_PATH"
+e2e_mount vault-openviking-layout-kv2 "$VAULT_OPTS,vault_kv_path=$OV_PATH" 02
+e2e_mount vault-openviking-layout-kv1 "key_provider=vault,vault_addr=$ADDR,vault_token_file=$WORK/token,vault_kv_mount=kv1,vault_kv_version=1,vault_kv_path=$OV_PATH" 02
 
 printf 'not-the-token\n' >"$WORK/bad-token"; chmod 600 "$WORK/bad-token"
 mkdir -p "$WORK/mnt-fs/b-bad" "$WORK/mnt-fs/m"
@@ -272,7 +285,7 @@ if [[ -n "${KMS_ENDPOINT:-}" ]]; then
             --volcengine-key-id test-key --volcengine-credentials-file "$WORK/kms-credentials" \
             --volcengine-encrypted-key-file "$WORK/kms-root.key" 2>&1); then
         pass "vikingfs init-key --provider volcengine_kms wrote the KMS-encrypted root key ($(stat -c %s "$WORK/kms-root.key") bytes, mode $(stat -c %a "$WORK/kms-root.key"))"
-        e2e_mount volcengine-kms "$KMS_OPTS"
+        e2e_mount volcengine-kms "$KMS_OPTS" 03
     else
         fail "vikingfs init-key --provider volcengine_kms: $out"
     fi
