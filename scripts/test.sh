@@ -3,11 +3,14 @@
 # Needs root (mounting FUSE and tmpfs). Prints one closing line: "N passed, N failed".
 set -uo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/install-deps.sh || exit 1
+bash scripts/install-deps.sh || { echo "installing dependencies failed"; echo "0 passed, 1 failed"; exit 1; }
 
 echo "== build"
-swift build 2>&1 | tail -n 3 || exit 1
-[ -x .build/debug/vikingfs-mount ] || { echo "build failed"; exit 1; }
+if ! swift build > /tmp/vikingfs-build.log 2>&1; then
+    grep -E 'error:' /tmp/vikingfs-build.log | head -20 || tail -n 20 /tmp/vikingfs-build.log
+    echo "build failed"; echo; echo "0 passed, 1 failed"; exit 1
+fi
+tail -n 1 /tmp/vikingfs-build.log
 
 total_passed=0
 total_failed=0
