@@ -9,4 +9,6 @@
 #include <openssl/err.h>
 #include <openssl/hmac.h>
 #include <openssl/sha.h>
+#include <openssl/ssl.h>
+#include <openssl/x509.h>
 #endif

@@ -1,17 +1,17 @@
-import CFuse
+import CSystem
 
 /// GNU system calls that SwiftGlibc does not expose (it is built without _GNU_SOURCE).
 public enum GNU {
-    public static let renameNoReplace: UInt32 = UInt32(CFUSE_RENAME_NOREPLACE)
-    public static let renameExchange: UInt32 = UInt32(CFUSE_RENAME_EXCHANGE)
-    public static let fallocKeepSize: Int32 = Int32(CFUSE_FALLOC_FL_KEEP_SIZE)
+    public static let renameNoReplace: UInt32 = UInt32(CSYSTEM_RENAME_NOREPLACE)
+    public static let renameExchange: UInt32 = UInt32(CSYSTEM_RENAME_EXCHANGE)
+    public static let fallocKeepSize: Int32 = Int32(CSYSTEM_FALLOC_FL_KEEP_SIZE)
 
     public static func renameat2(_ oldDir: Int32, _ old: UnsafePointer<CChar>, _ newDir: Int32, _ new: UnsafePointer<CChar>, flags: UInt32) -> Int32 {
-        cfuse_renameat2(oldDir, old, newDir, new, flags)
+        CSystem.renameat2(oldDir, old, newDir, new, flags)
     }
 
     public static func fallocate(_ fd: Int32, mode: Int32, offset: Int64, length: Int64) -> Int32 {
-        cfuse_fallocate(fd, mode, off_t(offset), off_t(length))
+        CSystem.fallocate(fd, mode, off_t(offset), off_t(length))
     }
 }
 
@@ -41,5 +41,5 @@ public enum ExtendedAttributes {
 public enum ProcessHardening {
     /// No core dumps and no ptrace by other users' processes: a crash must not write key material to disk.
     @discardableResult
-    public static func disableCoreDumps() -> Bool { cfuse_set_undumpable() == 0 }
+    public static func disableCoreDumps() -> Bool { csystem_set_undumpable() == 0 }
 }

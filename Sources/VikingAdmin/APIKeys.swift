@@ -1,6 +1,7 @@
 import VikingAPIKeys
 import VikingCrypto
 import VikingFormat
+import VikingJSON
 import VikingKeys
 #if canImport(Glibc)
 import Glibc

@@ -1,4 +1,5 @@
 import VikingFormat
+import VikingJSON
 import VikingKeys
 #if canImport(Glibc)
 import Glibc

@@ -1,3 +1,4 @@
+import CSystem
 import VikingCrypto
 import VikingFormat
 #if canImport(Glibc)
@@ -103,7 +104,6 @@ enum Posix {
 
     /// Names of the file's extended attributes, raw.
     static func listXattrs(_ fd: Int32) -> Result<[[UInt8]], SystemError> {
-        guard let flistxattr = LibC.flistxattr else { return .success([]) }
         while true {
             let size = flistxattr(fd, nil, 0)
             if size < 0 {
@@ -133,7 +133,6 @@ enum Posix {
     }
 
     static func getXattr(_ fd: Int32, _ name: [UInt8]) -> Result<[UInt8], SystemError> {
-        guard let fgetxattr = LibC.fgetxattr else { return .failure(SystemError(ENOTSUP)) }
         let cname = name.map { CChar(bitPattern: $0) } + [0]
         while true {
             let size = fgetxattr(fd, cname, nil, 0)
@@ -150,14 +149,12 @@ enum Posix {
     }
 
     static func setXattr(_ fd: Int32, _ name: [UInt8], _ value: [UInt8]) -> Result<Void, SystemError> {
-        guard let fsetxattr = LibC.fsetxattr else { return .failure(SystemError(ENOTSUP)) }
         let cname = name.map { CChar(bitPattern: $0) } + [0]
         let rc = value.withUnsafeBytes { fsetxattr(fd, cname, $0.baseAddress, $0.count, 0) }
         return rc == 0 ? .success(()) : .failure(SystemError(errno))
     }
 
     static func removeXattr(_ fd: Int32, _ name: [UInt8]) -> Result<Void, SystemError> {
-        guard let fremovexattr = LibC.fremovexattr else { return .failure(SystemError(ENOTSUP)) }
         let cname = name.map { CChar(bitPattern: $0) } + [0]
         return fremovexattr(fd, cname) == 0 ? .success(()) : .failure(SystemError(errno))
     }
@@ -173,7 +170,6 @@ enum Posix {
         case .failure(let e): return .failure(e)
         case .success(let fd):
             defer { close(fd) }
-            guard let syncfs = LibC.syncfs else { return Glibc.fsync(fd) == 0 ? .success(()) : .failure(SystemError(errno)) }
             return syncfs(fd) == 0 ? .success(()) : .failure(SystemError(errno))
         }
     }

@@ -1,5 +1,6 @@
 import VikingCrypto
 import VikingFormat
+import VikingJSON
 import VikingKeys
 #if canImport(Glibc)
 import Glibc

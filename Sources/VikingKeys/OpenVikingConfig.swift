@@ -1,4 +1,5 @@
 import VikingCrypto
+import VikingJSON
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -51,27 +52,22 @@ struct OpenVikingConfig {
         }
         guard st.st_size <= 4 << 20 else { throw .unsupportedConfig("the OpenViking config \(path) is larger than 4 MiB") }
         var bytes = [UInt8](repeating: 0, count: Int(st.st_size))
-        var total = 0
-        while total < bytes.count {
-            let n = bytes.withUnsafeMutableBytes { p in read(fd, p.baseAddress! + total, p.count - total) }
-            if n < 0 && errno == EINTR { continue }
-            guard n > 0 else { break }
-            total += n
+        guard bytes.withUnsafeMutableBytes({ readFully(fd, into: $0) }) == bytes.count else {
+            throw .unsupportedConfig("short read of the OpenViking config \(path)")
         }
-        guard total == bytes.count else { throw .unsupportedConfig("short read of the OpenViking config \(path)") }
         return bytes
     }
 
     static func parse(_ bytes: [UInt8], path: String) throws(KeyError) -> OpenVikingConfig {
-        let root: JSONValue
-        do { root = try JSONValue.parse(bytes) } catch {
+        let root: JSON
+        do { root = try JSON.parse(bytes, allowingByteOrderMark: true) } catch {
             throw .unsupportedConfig("the OpenViking config \(path) is not valid JSON: \(error)")
         }
-        guard root.objectMembers != nil else { throw .unsupportedConfig("the OpenViking config \(path) is not a JSON object") }
+        guard root.members != nil else { throw .unsupportedConfig("the OpenViking config \(path) is not a JSON object") }
         guard let section = root["encryption"] else {
             throw .unsupportedConfig("encryption is disabled in \(path): it has no \"encryption\" section")
         }
-        guard let members = section.objectMembers else {
+        guard let members = section.members else {
             throw .unsupportedConfig("\"encryption\" in \(path) is \(section.typeName), not an object")
         }
         try checkNames(members, known: sectionNames, where: "encryption", path: path)
@@ -90,18 +86,18 @@ struct OpenVikingConfig {
         let vault = try subsection(section, "vault", names: vaultNames, path: path)
         let volc = try subsection(section, "volcengine_kms", names: volcengineNames, path: path)
         if let hashing = section["api_key_hashing"] {
-            guard let m = hashing.objectMembers else {
+            guard let m = hashing.members else {
                 throw .unsupportedConfig("encryption.api_key_hashing in \(path) is \(hashing.typeName), not an object")
             }
             try checkNames(m, known: ["enabled"], where: "encryption.api_key_hashing", path: path)
             _ = try bool(hashing["enabled"], "encryption.api_key_hashing.enabled", path: path)
         }
         if let params = section["params"] {
-            guard let m = params.objectMembers else {
+            guard let m = params.members else {
                 throw .unsupportedConfig("encryption.params in \(path) is \(params.typeName), not an object")
             }
             guard m.isEmpty else {
-                throw .unsupportedConfig("encryption.params in \(path) sets \(m.map { $0.0 }.joined(separator: ", ")), "
+                throw .unsupportedConfig("encryption.params in \(path) sets \(m.map(\.key).joined(separator: ", ")), "
                     + "which vikingfs does not support")
             }
         }
@@ -113,7 +109,7 @@ struct OpenVikingConfig {
         vaultFields.kvMountPoint = try string(vault?["kv_mount_point"], "encryption.vault.kv_mount_point", path: path)
         vaultFields.encryptedRootKeyKey = try string(vault?["encrypted_root_key_key"], "encryption.vault.encrypted_root_key_key", path: path)
         if let v = vault?["kv_version"], v != .null {
-            guard case .number(let n, _) = v, n == 1 || n == 2 else {
+            guard let n = v.doubleValue, n == 1 || n == 2 else {
                 throw .unsupportedConfig("encryption.vault.kv_version in \(path) must be 1 or 2")
             }
             vaultFields.kvVersion = Int(n)
@@ -149,31 +145,18 @@ struct OpenVikingConfig {
                 throw .unsupportedConfig("key_provider=\(asked) contradicts encryption.provider \"\(provider)\" in \(path)")
             }
         }
-        switch provider {
-        case "vault":
-            do throws(KeyError) {
-                try rejectOptions(notFor: "vault", in: overrides, allowed: VaultSettings.optionNames)
-                return VaultProvider(settings: try VaultSettings(options: overrides, config: vault))
-            } catch {
-                throw inConfig(error)
+        do throws(KeyError) {
+            if let remote = try KeySource.makeRemoteProvider(kind: provider, options: overrides, vaultConfig: vault,
+                                                             volcengineConfig: volcengine) {
+                return remote
             }
-        case "volcengine_kms":
-            do throws(KeyError) {
-                try rejectOptions(notFor: "volcengine_kms", in: overrides, allowed: VolcengineSettings.optionNames)
-                return VolcengineKMSProvider(settings: try VolcengineSettings(options: overrides, config: volcengine))
-            } catch {
-                throw inConfig(error)
-            }
-        default:
-            do throws(KeyError) {
-                try rejectOptions(notFor: "local", in: overrides, allowed: ["root_key_file"])
-            } catch {
-                throw inConfig(error)
-            }
-            let file = overrides["root_key_file"] ?? localKeyFile ?? Self.defaultLocalKeyFile
-            guard !file.isEmpty else { throw .unsupportedConfig("encryption.local.key_file in \(path) is empty") }
-            return KeyFileProvider(path: expandTilde(file))
+            try rejectOptions(notFor: "local", in: overrides, allowed: ["root_key_file"])
+        } catch {
+            throw inConfig(error)
         }
+        let file = overrides["root_key_file"] ?? localKeyFile ?? Self.defaultLocalKeyFile
+        guard !file.isEmpty else { throw .unsupportedConfig("encryption.local.key_file in \(path) is empty") }
+        return KeyFileProvider(path: expandTilde(file))
     }
 
     private func inConfig(_ error: KeyError) -> KeyError {
@@ -183,8 +166,8 @@ struct OpenVikingConfig {
 
     // MARK: helpers
 
-    private static func checkNames(_ members: [(String, JSONValue)], known: [String], where section: String, path: String) throws(KeyError) {
-        let unknown = members.map { $0.0 }.filter { !known.contains($0) }
+    private static func checkNames(_ members: [JSON.Member], known: [String], where section: String, path: String) throws(KeyError) {
+        let unknown = members.map(\.key).filter { !known.contains($0) }
         guard unknown.isEmpty else {
             let list = unknown.map { "\(section).\($0)" }.joined(separator: ", ")
             throw .unsupportedConfig("unknown setting\(unknown.count > 1 ? "s" : "") \(list) in \(path) "
@@ -192,22 +175,22 @@ struct OpenVikingConfig {
         }
     }
 
-    private static func subsection(_ section: JSONValue, _ name: String, names: [String], path: String) throws(KeyError) -> JSONValue? {
+    private static func subsection(_ section: JSON, _ name: String, names: [String], path: String) throws(KeyError) -> JSON? {
         guard let value = section[name], value != .null else { return nil }
-        guard let members = value.objectMembers else {
+        guard let members = value.members else {
             throw .unsupportedConfig("encryption.\(name) in \(path) is \(value.typeName), not an object")
         }
         try checkNames(members, known: names, where: "encryption.\(name)", path: path)
         return value
     }
 
-    private static func string(_ value: JSONValue?, _ name: String, path: String) throws(KeyError) -> String? {
+    private static func string(_ value: JSON?, _ name: String, path: String) throws(KeyError) -> String? {
         guard let value, value != .null else { return nil }
         guard case .string(let s) = value else { throw .unsupportedConfig("\(name) in \(path) is \(value.typeName), not a string") }
         return s
     }
 
-    private static func bool(_ value: JSONValue?, _ name: String, path: String) throws(KeyError) -> Bool? {
+    private static func bool(_ value: JSON?, _ name: String, path: String) throws(KeyError) -> Bool? {
         guard let value, value != .null else { return nil }
         guard case .bool(let b) = value else { throw .unsupportedConfig("\(name) in \(path) is \(value.typeName), not true or false") }
         return b

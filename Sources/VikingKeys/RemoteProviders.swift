@@ -1,4 +1,6 @@
+import COpenSSL
 import VikingCrypto
+import VikingJSON
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -20,14 +22,17 @@ extension KeySource {
     /// The Vault and Volcengine option names (see `VaultSettings` and `VolcengineSettings`).
     static let extraOptionNames: Set<String> = VaultSettings.optionNames.union(VolcengineSettings.optionNames)
 
-    static func makeRemoteProvider(kind: String, options: [String: String]) throws(KeyError) -> (any RootKeyProvider)? {
+    /// The Vault or Volcengine provider `kind` names (nil for another kind), from options over the settings of an
+    /// ov.conf section when there is one.
+    static func makeRemoteProvider(kind: String, options: [String: String], vaultConfig: VaultSettings.ConfigFields? = nil,
+                                   volcengineConfig: VolcengineSettings.ConfigFields? = nil) throws(KeyError) -> (any RootKeyProvider)? {
         switch kind {
         case "vault":
             try rejectOptions(notFor: "vault", in: options, allowed: VaultSettings.optionNames)
-            return VaultProvider(settings: try VaultSettings(options: options))
+            return VaultProvider(settings: try VaultSettings(options: options, config: vaultConfig))
         case "volcengine_kms":
             try rejectOptions(notFor: "volcengine_kms", in: options, allowed: VolcengineSettings.optionNames)
-            return VolcengineKMSProvider(settings: try VolcengineSettings(options: options))
+            return VolcengineKMSProvider(settings: try VolcengineSettings(options: options, config: volcengineConfig))
         default:
             return nil
         }
@@ -74,15 +79,30 @@ func readSecretFile(_ path: String, what: String, limit: Int = 64 * 1024) throws
     }
     guard Int(st.st_size) <= limit else { throw failure("larger than \(limit) bytes") }
     let buffer = SecureBytes(count: Int(st.st_size))
+    guard buffer.withUnsafeMutableBytes({ readFully(fd, into: $0) }) == buffer.count else { throw failure("short read") }
+    return buffer
+}
+
+/// Reads from `fd` until `buffer` is full or the file ends, retrying on EINTR; returns the bytes read.
+func readFully(_ fd: Int32, into buffer: UnsafeMutableRawBufferPointer) -> Int {
     var total = 0
     while total < buffer.count {
-        let n = buffer.withUnsafeMutableBytes { p in read(fd, p.baseAddress! + total, p.count - total) }
+        let n = read(fd, buffer.baseAddress! + total, buffer.count - total)
         if n < 0 && errno == EINTR { continue }
         guard n > 0 else { break }
         total += n
     }
-    guard total == buffer.count else { throw failure("short read") }
-    return buffer
+    return total
+}
+
+/// A provider's failure with what it was doing in front.
+func prefixed(_ error: KeyError, _ context: String) -> KeyError {
+    switch error {
+    case .provider(let m): return .provider("\(context): \(m)")
+    case .invalidRootKey(let m): return .provider("\(context): \(m)")
+    case .crypto(let e): return .provider("\(context): \(e)")
+    default: return error
+    }
 }
 
 /// The bytes of a secure buffer with surrounding whitespace removed (a trailing newline in a token file).
@@ -200,278 +220,6 @@ enum Base64 {
     }
 }
 
-// MARK: - JSON helpers
-
-/// Escapes a string for a JSON string literal (without the quotes).
-func jsonEscaped(_ s: String) -> String {
-    var out = ""
-    for u in s.unicodeScalars {
-        switch u {
-        case "\"": out += "\\\""
-        case "\\": out += "\\\\"
-        case "\n": out += "\\n"
-        case "\r": out += "\\r"
-        case "\t": out += "\\t"
-        default:
-            if u.value < 0x20 {
-                let hex = String(u.value, radix: 16)
-                out += "\\u" + String(repeating: "0", count: 4 - hex.count) + hex
-            } else {
-                out.unicodeScalars.append(u)
-            }
-        }
-    }
-    return out
-}
-
-/// Finds the string value of `"field": "..."` in raw JSON bytes without building Swift strings, so a secret value
-/// (a base64 plaintext) can be decoded straight into a secure buffer. Returns the byte range of the value.
-/// Meant for flat, known responses; values holding escapes other than `\/` are rejected.
-func jsonStringFieldRange(_ json: UnsafeRawBufferPointer, field: String) -> Range<Int>? {
-    let needle = Array("\"\(field)\"".utf8)
-    guard json.count >= needle.count else { return nil }
-    var i = 0
-    outer: while i + needle.count <= json.count {
-        for j in 0..<needle.count where json[i + j] != needle[j] { i += 1; continue outer }
-        var k = i + needle.count
-        while k < json.count && isSpace(json[k]) { k += 1 }
-        guard k < json.count, json[k] == UInt8(ascii: ":") else { i += 1; continue }
-        k += 1
-        while k < json.count && isSpace(json[k]) { k += 1 }
-        guard k < json.count, json[k] == UInt8(ascii: "\"") else { return nil }
-        let start = k + 1
-        var end = start
-        while end < json.count && json[end] != UInt8(ascii: "\"") {
-            if json[end] == UInt8(ascii: "\\") { return nil }
-            end += 1
-        }
-        guard end < json.count else { return nil }
-        return start..<end
-    }
-    return nil
-}
-
-/// Parses non-secret JSON (error bodies, KV responses, configs) with Foundation-free code.
-/// A compact recursive-descent parser: objects, arrays, strings, numbers, true/false/null.
-indirect enum JSONValue: Equatable, Sendable {
-    case object([(String, JSONValue)])
-    case array([JSONValue])
-    case string(String)
-    case number(Double, String)
-    case bool(Bool)
-    case null
-
-    static func == (a: JSONValue, b: JSONValue) -> Bool {
-        switch (a, b) {
-        case (.object(let x), .object(let y)):
-            return x.count == y.count && zip(x, y).allSatisfy { $0.0 == $1.0 && $0.1 == $1.1 }
-        case (.array(let x), .array(let y)): return x == y
-        case (.string(let x), .string(let y)): return x == y
-        case (.number(let x, _), .number(let y, _)): return x == y
-        case (.bool(let x), .bool(let y)): return x == y
-        case (.null, .null): return true
-        default: return false
-        }
-    }
-
-    subscript(key: String) -> JSONValue? {
-        if case .object(let members) = self { return members.last(where: { $0.0 == key })?.1 }
-        return nil
-    }
-
-    var stringValue: String? { if case .string(let s) = self { return s }; return nil }
-    var objectMembers: [(String, JSONValue)]? { if case .object(let m) = self { return m }; return nil }
-
-    var typeName: String {
-        switch self {
-        case .object: return "an object"
-        case .array: return "an array"
-        case .string: return "a string"
-        case .number: return "a number"
-        case .bool: return "a boolean"
-        case .null: return "null"
-        }
-    }
-
-    struct ParseError: Error, CustomStringConvertible {
-        let message: String
-        let line: Int
-        let column: Int
-        var description: String { "\(message) at line \(line), column \(column)" }
-    }
-
-    static func parse(_ bytes: [UInt8]) throws(ParseError) -> JSONValue {
-        var parser = JSONParser(bytes: bytes)
-        return try parser.parseDocument()
-    }
-
-    static func parse(_ text: String) throws(ParseError) -> JSONValue { try parse(Array(text.utf8)) }
-}
-
-private struct JSONParser {
-    let bytes: [UInt8]
-    var i = 0
-    var depth = 0
-
-    init(bytes: [UInt8]) {
-        self.bytes = bytes
-        // A UTF-8 byte order mark is tolerated, as Python's json with utf-8-sig would.
-        if bytes.starts(with: [0xEF, 0xBB, 0xBF]) { i = 3 }
-    }
-
-    func error(_ message: String) -> JSONValue.ParseError {
-        var line = 1, column = 1
-        for b in bytes[0..<min(i, bytes.count)] {
-            if b == 0x0a { line += 1; column = 1 } else if b & 0xC0 != 0x80 { column += 1 }
-        }
-        return JSONValue.ParseError(message: message, line: line, column: column)
-    }
-
-    mutating func skipSpace() { while i < bytes.count && isSpace(bytes[i]) { i += 1 } }
-
-    mutating func parseDocument() throws(JSONValue.ParseError) -> JSONValue {
-        skipSpace()
-        guard i < bytes.count else { throw error("empty document") }
-        let value = try parseValue()
-        skipSpace()
-        guard i == bytes.count else { throw error("unexpected text after the JSON value") }
-        return value
-    }
-
-    mutating func parseValue() throws(JSONValue.ParseError) -> JSONValue {
-        skipSpace()
-        guard i < bytes.count else { throw error("unexpected end of input") }
-        switch bytes[i] {
-        case UInt8(ascii: "{"): return try parseObject()
-        case UInt8(ascii: "["): return try parseArray()
-        case UInt8(ascii: "\""): return .string(try parseString())
-        case UInt8(ascii: "t"): try literal("true"); return .bool(true)
-        case UInt8(ascii: "f"): try literal("false"); return .bool(false)
-        case UInt8(ascii: "n"): try literal("null"); return .null
-        case UInt8(ascii: "-"), UInt8(ascii: "0")...UInt8(ascii: "9"): return try parseNumber()
-        default: throw error("unexpected character '\(Character(Unicode.Scalar(bytes[i])))'")
-        }
-    }
-
-    mutating func literal(_ word: String) throws(JSONValue.ParseError) {
-        let w = Array(word.utf8)
-        guard i + w.count <= bytes.count, Array(bytes[i..<i + w.count]) == w else { throw error("invalid literal") }
-        i += w.count
-    }
-
-    mutating func parseObject() throws(JSONValue.ParseError) -> JSONValue {
-        depth += 1
-        guard depth < 200 else { throw error("nesting too deep") }
-        defer { depth -= 1 }
-        i += 1
-        var members: [(String, JSONValue)] = []
-        skipSpace()
-        if i < bytes.count && bytes[i] == UInt8(ascii: "}") { i += 1; return .object(members) }
-        while true {
-            skipSpace()
-            guard i < bytes.count, bytes[i] == UInt8(ascii: "\"") else { throw error("expected a string key") }
-            let key = try parseString()
-            skipSpace()
-            guard i < bytes.count, bytes[i] == UInt8(ascii: ":") else { throw error("expected ':' after key \"\(key)\"") }
-            i += 1
-            let value = try parseValue()
-            members.append((key, value))
-            skipSpace()
-            guard i < bytes.count else { throw error("unterminated object") }
-            if bytes[i] == UInt8(ascii: ",") { i += 1; continue }
-            if bytes[i] == UInt8(ascii: "}") { i += 1; return .object(members) }
-            throw error("expected ',' or '}' in object")
-        }
-    }
-
-    mutating func parseArray() throws(JSONValue.ParseError) -> JSONValue {
-        depth += 1
-        guard depth < 200 else { throw error("nesting too deep") }
-        defer { depth -= 1 }
-        i += 1
-        var items: [JSONValue] = []
-        skipSpace()
-        if i < bytes.count && bytes[i] == UInt8(ascii: "]") { i += 1; return .array(items) }
-        while true {
-            items.append(try parseValue())
-            skipSpace()
-            guard i < bytes.count else { throw error("unterminated array") }
-            if bytes[i] == UInt8(ascii: ",") { i += 1; continue }
-            if bytes[i] == UInt8(ascii: "]") { i += 1; return .array(items) }
-            throw error("expected ',' or ']' in array")
-        }
-    }
-
-    mutating func hex4() throws(JSONValue.ParseError) -> UInt32 {
-        guard i + 4 <= bytes.count else { throw error("truncated \\u escape") }
-        var v: UInt32 = 0
-        for _ in 0..<4 {
-            let c = bytes[i]
-            let d: UInt32
-            switch c {
-            case UInt8(ascii: "0")...UInt8(ascii: "9"): d = UInt32(c - UInt8(ascii: "0"))
-            case UInt8(ascii: "a")...UInt8(ascii: "f"): d = UInt32(c - UInt8(ascii: "a") + 10)
-            case UInt8(ascii: "A")...UInt8(ascii: "F"): d = UInt32(c - UInt8(ascii: "A") + 10)
-            default: throw error("invalid \\u escape")
-            }
-            v = v << 4 | d
-            i += 1
-        }
-        return v
-    }
-
-    mutating func parseString() throws(JSONValue.ParseError) -> String {
-        i += 1
-        var out = [UInt8]()
-        while true {
-            guard i < bytes.count else { throw error("unterminated string") }
-            let c = bytes[i]
-            if c == UInt8(ascii: "\"") { i += 1; break }
-            if c < 0x20 { throw error("control character in string") }
-            if c != UInt8(ascii: "\\") { out.append(c); i += 1; continue }
-            i += 1
-            guard i < bytes.count else { throw error("unterminated escape") }
-            let e = bytes[i]
-            i += 1
-            switch e {
-            case UInt8(ascii: "\""): out.append(0x22)
-            case UInt8(ascii: "\\"): out.append(0x5c)
-            case UInt8(ascii: "/"): out.append(0x2f)
-            case UInt8(ascii: "b"): out.append(0x08)
-            case UInt8(ascii: "f"): out.append(0x0c)
-            case UInt8(ascii: "n"): out.append(0x0a)
-            case UInt8(ascii: "r"): out.append(0x0d)
-            case UInt8(ascii: "t"): out.append(0x09)
-            case UInt8(ascii: "u"):
-                var scalar = try hex4()
-                if scalar >= 0xD800 && scalar < 0xDC00, i + 1 < bytes.count,
-                   bytes[i] == UInt8(ascii: "\\"), bytes[i + 1] == UInt8(ascii: "u") {
-                    i += 2
-                    let low = try hex4()
-                    guard low >= 0xDC00 && low < 0xE000 else { throw error("invalid surrogate pair") }
-                    scalar = 0x10000 + ((scalar - 0xD800) << 10) + (low - 0xDC00)
-                }
-                guard let u = Unicode.Scalar(scalar) else { throw error("invalid \\u escape") }
-                out.append(contentsOf: Array(String(Character(u)).utf8))
-            default: throw error("invalid escape")
-            }
-        }
-        guard let s = String(validating: out, as: UTF8.self) else { throw error("invalid UTF-8 in string") }
-        return s
-    }
-
-    mutating func parseNumber() throws(JSONValue.ParseError) -> JSONValue {
-        let start = i
-        if bytes[i] == UInt8(ascii: "-") { i += 1 }
-        while i < bytes.count, (UInt8(ascii: "0")...UInt8(ascii: "9")).contains(bytes[i])
-                || bytes[i] == UInt8(ascii: ".") || bytes[i] == UInt8(ascii: "e") || bytes[i] == UInt8(ascii: "E")
-                || bytes[i] == UInt8(ascii: "+") || bytes[i] == UInt8(ascii: "-") { i += 1 }
-        let text = String(decoding: bytes[start..<i], as: UTF8.self)
-        guard let value = Double(text) else { throw error("invalid number '\(text)'") }
-        return .number(value, text)
-    }
-}
-
 // MARK: - Endpoints
 
 /// `http(s)://host[:port][/base]`, parsed without Foundation.
@@ -583,7 +331,7 @@ enum HTTPFailure: Error, Equatable {
     case unreachable(String)
     /// The server did not answer in time.
     case timeout(String)
-    /// TLS could not be set up (untrusted certificate, wrong host name, no libssl).
+    /// TLS could not be set up (untrusted certificate, wrong host name).
     case tls(String)
     /// The connection broke or the answer was not HTTP.
     case protocolError(String)
@@ -591,6 +339,20 @@ enum HTTPFailure: Error, Equatable {
     var message: String {
         switch self {
         case .resolve(let m), .unreachable(let m), .timeout(let m), .tls(let m), .protocolError(let m): return m
+        }
+    }
+
+    /// What a provider reports for this failure of its `attempt`-th try at `service`: `hint` says what to check
+    /// when nothing answers, `timeoutOption` names the option that set `timeout`.
+    func providerMessage(service: String, attempt: Int, hint: String, timeoutOption: String, timeout: Double) -> String {
+        // Only the last attempt's failure is reported, so "tried" appears when there were several.
+        let tried = attempt > 1 ? " (tried \(attempt) times)" : ""
+        switch self {
+        case .unreachable(let m): return "\(service) is unreachable: \(m)\(tried); \(hint)"
+        case .timeout(let m): return "\(service) did not answer in time: \(m) (\(timeoutOption)=\(formatSeconds(timeout)) s)\(tried)"
+        case .resolve(let m): return "\(service) is unreachable: \(m)"
+        case .tls(let m): return "TLS to \(service) failed: \(m)"
+        case .protocolError(let m): return "talking to \(service) failed: \(m)\(tried)"
         }
     }
 
@@ -620,7 +382,7 @@ final class HTTPResponse {
     }
 
     /// The body as JSON, for non-secret responses.
-    var json: JSONValue? { try? JSONValue.parse(body) }
+    var json: JSON? { try? JSON.parse(body, allowingByteOrderMark: true) }
 
     /// A short printable excerpt of a non-secret body, for error messages.
     var bodyExcerpt: String {
@@ -832,8 +594,8 @@ final class Connection {
 
     func close() {
         // No close_notify: the exchange is complete, and the server closes its side anyway.
-        if let ssl, let lib = TLS.library { lib.SSL_free(ssl) }
-        if let tlsContext, let lib = TLS.library { lib.SSL_CTX_free(tlsContext) }
+        if let ssl { SSL_free(ssl) }
+        if let tlsContext { SSL_CTX_free(tlsContext) }
         Glibc.close(fd)
     }
 
@@ -842,8 +604,8 @@ final class Connection {
         while sent < data.count {
             try setTimeouts(fd: fd, deadline: deadline, endpoint: endpoint)
             let n: Int = data.withUnsafeBytes { p in
-                if let ssl, let lib = TLS.library {
-                    return Int(lib.SSL_write(ssl, p.baseAddress! + sent, Int32(min(p.count - sent, Int(Int32.max)))))
+                if let ssl {
+                    return Int(SSL_write(ssl, p.baseAddress! + sent, Int32(min(p.count - sent, Int(Int32.max)))))
                 }
                 return Glibc.send(fd, p.baseAddress! + sent, p.count - sent, Int32(MSG_NOSIGNAL))
             }
@@ -859,16 +621,16 @@ final class Connection {
     func read(into buffer: inout [UInt8], deadline: Double) throws(HTTPFailure) -> Int {
         while true {
             try setTimeouts(fd: fd, deadline: deadline, endpoint: endpoint)
-            if let ssl, let lib = TLS.library {
-                let n = buffer.withUnsafeMutableBytes { p in lib.SSL_read(ssl, p.baseAddress!, Int32(p.count)) }
+            if let ssl {
+                let n = buffer.withUnsafeMutableBytes { p in SSL_read(ssl, p.baseAddress!, Int32(p.count)) }
                 if n > 0 { return Int(n) }
                 let err = errno
-                let code = lib.SSL_get_error(ssl, n)
+                let code = SSL_get_error(ssl, n)
                 switch code {
-                case TLS.SSL_ERROR_ZERO_RETURN: return 0
-                case TLS.SSL_ERROR_WANT_READ, TLS.SSL_ERROR_WANT_WRITE:
+                case SSL_ERROR_ZERO_RETURN: return 0
+                case SSL_ERROR_WANT_READ, SSL_ERROR_WANT_WRITE:
                     throw .timeout("timed out waiting for an answer from \(endpoint)")
-                case TLS.SSL_ERROR_SYSCALL:
+                case SSL_ERROR_SYSCALL:
                     if err == EAGAIN || err == EWOULDBLOCK { throw .timeout("timed out waiting for an answer from \(endpoint)") }
                     if err == 0 || n == 0 { return 0 }
                     throw .protocolError("reading from \(endpoint) failed: \(String(cString: strerror(err)))")
@@ -951,96 +713,13 @@ func formatSeconds(_ s: Double) -> String {
     s == s.rounded() ? String(Int(s)) : String(Double(Int(s * 10)) / 10)
 }
 
-/// libssl, loaded at run time: the package links libcrypto only (COpenSSL), and libssl ships beside it in the same
-/// Debian package (libssl3), so `dlopen` finds the matching build.
+/// TLS client connections over OpenSSL's libssl.
 enum TLS {
-    static let SSL_ERROR_SSL: Int32 = 1
-    static let SSL_ERROR_WANT_READ: Int32 = 2
-    static let SSL_ERROR_WANT_WRITE: Int32 = 3
-    static let SSL_ERROR_SYSCALL: Int32 = 5
-    static let SSL_ERROR_ZERO_RETURN: Int32 = 6
-
-    final class Library: @unchecked Sendable {
-        typealias MethodFn = @convention(c) () -> OpaquePointer?
-        typealias CtxNewFn = @convention(c) (OpaquePointer?) -> OpaquePointer?
-        typealias CtxFreeFn = @convention(c) (OpaquePointer?) -> Void
-        typealias LoadVerifyFn = @convention(c) (OpaquePointer?, UnsafePointer<CChar>?, UnsafePointer<CChar>?) -> Int32
-        typealias DefaultPathsFn = @convention(c) (OpaquePointer?) -> Int32
-        typealias SetVerifyFn = @convention(c) (OpaquePointer?, Int32, OpaquePointer?) -> Void
-        typealias CtrlFn = @convention(c) (OpaquePointer?, Int32, Int, UnsafeMutableRawPointer?) -> Int
-        typealias NewFn = @convention(c) (OpaquePointer?) -> OpaquePointer?
-        typealias FreeFn = @convention(c) (OpaquePointer?) -> Void
-        typealias SetFdFn = @convention(c) (OpaquePointer?, Int32) -> Int32
-        typealias Set1HostFn = @convention(c) (OpaquePointer?, UnsafePointer<CChar>?) -> Int32
-        typealias ConnectFn = @convention(c) (OpaquePointer?) -> Int32
-        typealias ReadFn = @convention(c) (OpaquePointer?, UnsafeMutableRawPointer?, Int32) -> Int32
-        typealias WriteFn = @convention(c) (OpaquePointer?, UnsafeRawPointer?, Int32) -> Int32
-        typealias GetErrorFn = @convention(c) (OpaquePointer?, Int32) -> Int32
-        typealias VerifyResultFn = @convention(c) (OpaquePointer?) -> Int
-        typealias VerifyStringFn = @convention(c) (Int) -> UnsafePointer<CChar>?
-        typealias ErrGetFn = @convention(c) () -> UInt
-        typealias ErrStringFn = @convention(c) (UInt, UnsafeMutablePointer<CChar>?, Int) -> Void
-
-        let TLS_client_method: MethodFn
-        let SSL_CTX_new: CtxNewFn
-        let SSL_CTX_free: CtxFreeFn
-        let SSL_CTX_load_verify_locations: LoadVerifyFn
-        let SSL_CTX_set_default_verify_paths: DefaultPathsFn
-        let SSL_CTX_set_verify: SetVerifyFn
-        let SSL_CTX_ctrl: CtrlFn
-        let SSL_new: NewFn
-        let SSL_free: FreeFn
-        let SSL_set_fd: SetFdFn
-        let SSL_ctrl: CtrlFn
-        let SSL_set1_host: Set1HostFn
-        let SSL_connect: ConnectFn
-        let SSL_read: ReadFn
-        let SSL_write: WriteFn
-        let SSL_get_error: GetErrorFn
-        let SSL_get_verify_result: VerifyResultFn
-        let SSL_shutdown: ConnectFn
-        let X509_verify_cert_error_string: VerifyStringFn
-        let ERR_get_error: ErrGetFn
-        let ERR_error_string_n: ErrStringFn
-
-        init?(handle: UnsafeMutableRawPointer) {
-            func sym<T>(_ name: String, _: T.Type) -> T? {
-                guard let p = dlsym(handle, name) else { return nil }
-                return unsafeBitCast(p, to: T.self)
-            }
-            guard let a = sym("TLS_client_method", MethodFn.self), let b = sym("SSL_CTX_new", CtxNewFn.self),
-                  let c = sym("SSL_CTX_free", CtxFreeFn.self), let d = sym("SSL_CTX_load_verify_locations", LoadVerifyFn.self),
-                  let e = sym("SSL_CTX_set_default_verify_paths", DefaultPathsFn.self),
-                  let f = sym("SSL_CTX_set_verify", SetVerifyFn.self), let g = sym("SSL_CTX_ctrl", CtrlFn.self),
-                  let h = sym("SSL_new", NewFn.self), let i = sym("SSL_free", FreeFn.self),
-                  let j = sym("SSL_set_fd", SetFdFn.self), let k = sym("SSL_ctrl", CtrlFn.self),
-                  let l = sym("SSL_set1_host", Set1HostFn.self), let m = sym("SSL_connect", ConnectFn.self),
-                  let n = sym("SSL_read", ReadFn.self), let o = sym("SSL_write", WriteFn.self),
-                  let p = sym("SSL_get_error", GetErrorFn.self), let q = sym("SSL_get_verify_result", VerifyResultFn.self),
-                  let r = sym("SSL_shutdown", ConnectFn.self), let s = sym("X509_verify_cert_error_string", VerifyStringFn.self),
-                  let t = sym("ERR_get_error", ErrGetFn.self), let u = sym("ERR_error_string_n", ErrStringFn.self)
-            else { return nil }
-            TLS_client_method = a; SSL_CTX_new = b; SSL_CTX_free = c; SSL_CTX_load_verify_locations = d
-            SSL_CTX_set_default_verify_paths = e; SSL_CTX_set_verify = f; SSL_CTX_ctrl = g; SSL_new = h; SSL_free = i
-            SSL_set_fd = j; SSL_ctrl = k; SSL_set1_host = l; SSL_connect = m; SSL_read = n; SSL_write = o
-            SSL_get_error = p; SSL_get_verify_result = q; SSL_shutdown = r; X509_verify_cert_error_string = s
-            ERR_get_error = t; ERR_error_string_n = u
-        }
-    }
-
-    static let library: Library? = {
-        for name in ["libssl.so.3", "libssl.so"] {
-            if let handle = dlopen(name, RTLD_NOW | RTLD_LOCAL), let lib = Library(handle: handle) { return lib }
-        }
-        return nil
-    }()
-
     static func lastError() -> String {
-        guard let lib = library else { return "unknown error" }
         var text = ""
-        while case let code = lib.ERR_get_error(), code != 0 {
+        while case let code = ERR_get_error(), code != 0 {
             var buffer = [CChar](repeating: 0, count: 256)
-            lib.ERR_error_string_n(code, &buffer, buffer.count)
+            ERR_error_string_n(code, &buffer, buffer.count)
             let s = String(decoding: buffer.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
             // "error:0A000086:SSL routines::certificate verify failed" -> the reason after the last colon.
             let reason = s.split(separator: ":").last.map(String.init) ?? s
@@ -1051,44 +730,45 @@ enum TLS {
 
     static func handshake(fd: Int32, endpoint: RemoteEndpoint, caFile: String?, deadline: Double)
         throws(HTTPFailure) -> (OpaquePointer, OpaquePointer) {
-        guard let lib = library else {
-            throw .tls("cannot use TLS for \(endpoint): libssl.so.3 could not be loaded (apt-get install libssl3)")
-        }
-        _ = lib.ERR_get_error()
-        guard let ctx = lib.SSL_CTX_new(lib.TLS_client_method()) else { throw .tls("TLS setup failed: \(lastError())") }
+        _ = ERR_get_error()
+        guard let ctx = SSL_CTX_new(TLS_client_method()) else { throw .tls("TLS setup failed: \(lastError())") }
         var ok = false
-        defer { if !ok { lib.SSL_CTX_free(ctx) } }
-        _ = lib.SSL_CTX_ctrl(ctx, 123 /* SSL_CTRL_SET_MIN_PROTO_VERSION */, 0x0303 /* TLS 1.2 */, nil)
-        lib.SSL_CTX_set_verify(ctx, 1 /* SSL_VERIFY_PEER */, nil)
+        defer { if !ok { SSL_CTX_free(ctx) } }
+        // SSL_CTX_set_min_proto_version, a macro over SSL_CTX_ctrl.
+        _ = SSL_CTX_ctrl(ctx, SSL_CTRL_SET_MIN_PROTO_VERSION, Int(TLS1_2_VERSION), nil)
+        SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER, nil)
         if let caFile {
             var st = stat()
             guard stat(caFile, &st) == 0 else {
                 throw .tls("cannot read the CA certificate \(caFile): \(String(cString: strerror(errno)))")
             }
             let isDir = (st.st_mode & S_IFMT) == S_IFDIR
-            let loaded = isDir ? lib.SSL_CTX_load_verify_locations(ctx, nil, caFile)
-                               : lib.SSL_CTX_load_verify_locations(ctx, caFile, nil)
+            let loaded = isDir ? SSL_CTX_load_verify_locations(ctx, nil, caFile)
+                               : SSL_CTX_load_verify_locations(ctx, caFile, nil)
             guard loaded == 1 else { throw .tls("cannot load the CA certificate \(caFile): \(lastError())") }
         } else {
-            _ = lib.SSL_CTX_set_default_verify_paths(ctx)
+            _ = SSL_CTX_set_default_verify_paths(ctx)
         }
-        guard let ssl = lib.SSL_new(ctx) else { throw .tls("TLS setup failed: \(lastError())") }
-        defer { if !ok { lib.SSL_free(ssl) } }
-        _ = lib.SSL_set_fd(ssl, fd)
+        guard let ssl = SSL_new(ctx) else { throw .tls("TLS setup failed: \(lastError())") }
+        defer { if !ok { SSL_free(ssl) } }
+        _ = SSL_set_fd(ssl, fd)
         let isIP = endpoint.host.contains(":") || endpoint.host.allSatisfy { $0.isNumber || $0 == "." }
         if !isIP {
-            _ = endpoint.host.withCString { lib.SSL_ctrl(ssl, 55 /* SET_TLSEXT_HOSTNAME */, 0, UnsafeMutableRawPointer(mutating: $0)) }
+            // SSL_set_tlsext_host_name, a macro over SSL_ctrl.
+            _ = endpoint.host.withCString {
+                SSL_ctrl(ssl, SSL_CTRL_SET_TLSEXT_HOSTNAME, Int(TLSEXT_NAMETYPE_host_name), UnsafeMutableRawPointer(mutating: $0))
+            }
         }
         // Checks the certificate's DNS name, or its IP address when the host is one.
-        guard lib.SSL_set1_host(ssl, endpoint.host) == 1 else { throw .tls("TLS setup failed for host \(endpoint.host)") }
+        guard SSL_set1_host(ssl, endpoint.host) == 1 else { throw .tls("TLS setup failed for host \(endpoint.host)") }
         try setTimeouts(fd: fd, deadline: deadline, endpoint: endpoint)
-        let rc = lib.SSL_connect(ssl)
+        let rc = SSL_connect(ssl)
         if rc != 1 {
             let err = errno
-            let code = lib.SSL_get_error(ssl, rc)
-            let verify = lib.SSL_get_verify_result(ssl)
-            if verify != 0 {
-                let reason = lib.X509_verify_cert_error_string(verify).map { String(cString: $0) } ?? "code \(verify)"
+            let code = SSL_get_error(ssl, rc)
+            let verify = SSL_get_verify_result(ssl)
+            if verify != X509_V_OK {
+                let reason = X509_verify_cert_error_string(verify).map { String(cString: $0) } ?? "code \(verify)"
                 let hint = caFile == nil ? " (give the CA that signed it with vault_cacert=PATH or VAULT_CACERT)"
                                          : " (is \(caFile!) the CA that signed it?)"
                 throw .tls("the TLS certificate of \(endpoint) is not trusted: \(reason)\(hint)")

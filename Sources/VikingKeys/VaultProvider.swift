@@ -1,4 +1,5 @@
 import VikingCrypto
+import VikingJSON
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -209,14 +210,14 @@ public struct VaultProvider: RootKeyProvider {
             }
             fields = fields?["data"]
         }
-        guard let members = fields?.objectMembers else {
+        guard let members = fields?.members else {
             throw KeyError.provider("the KV entry \(settings.kvDisplay) has no data"
                 + (settings.kvVersion == 1 ? " (is the mount KV version 2? then set vault_kv_version=2)" : ""))
         }
         guard let value = fields?["encrypted_root_key"] else {
-            let names = members.map { $0.0 }.sorted().joined(separator: ", ")
+            let names = members.map(\.key).sorted().joined(separator: ", ")
             throw KeyError.provider("the KV entry \(settings.kvDisplay) has no field encrypted_root_key (it has: \(names))"
-                + (settings.kvVersion == 1 && members.contains { $0.0 == "data" } ? "; the mount looks like KV version 2: set vault_kv_version=2" : ""))
+                + (settings.kvVersion == 1 && members.contains { $0.key == "data" } ? "; the mount looks like KV version 2: set vault_kv_version=2" : ""))
         }
         guard let b64 = value.stringValue, let raw = Base64.decode(b64), let text = String(validating: raw, as: UTF8.self),
               text.hasPrefix("vault:v") else {
@@ -250,7 +251,7 @@ public struct VaultProvider: RootKeyProvider {
 
     private func decrypt(_ ciphertext: String, token: SecureBytes) throws(KeyError) -> RootKey {
         let path = transitPath("decrypt")
-        let body = Array("{\"ciphertext\":\"\(jsonEscaped(ciphertext))\"}".utf8)
+        let body = Array("{\"ciphertext\":\(JSON.quoted(ciphertext))}".utf8)
         let response = try request("POST", path, token: token, body: body, purpose: "decrypting the root key with Transit")
         guard response.status == 200 else {
             let errors = vaultErrors(response)
@@ -261,7 +262,7 @@ public struct VaultProvider: RootKeyProvider {
             throw failure(response, "POST", path, purpose: "decrypting the root key with Transit key \(settings.transitDisplay)", capability: "update")
         }
         let key: SecureBytes? = response.body.withUnsafeBytes { json in
-            guard let range = jsonStringFieldRange(json, field: "plaintext") else { return nil }
+            guard let range = JSON.stringFieldRange(json, field: "plaintext") else { return nil }
             return Base64.decodeSecure(UnsafeRawBufferPointer(rebasing: json[range]))
         }
         guard let key else { throw KeyError.provider("the Transit decrypt answer holds no base64 plaintext") }
@@ -356,7 +357,9 @@ public struct VaultProvider: RootKeyProvider {
                 response = try client.send(method: method, path: percentEncodePath(path), headers: headers,
                                            secretHeaders: [SecretHeader(name: "X-Vault-Token", value: token)], body: body)
             } catch {
-                let message = connectionMessage(error, attempt: attempt, of: tries)
+                let message = error.providerMessage(service: "Vault", attempt: attempt,
+                                                    hint: "check vault_addr and that the server is running",
+                                                    timeoutOption: "vault_timeout", timeout: settings.timeout)
                 if error.isTransient { return .retry(.provider(message)) }
                 throw KeyError.provider(message)
             }
@@ -368,17 +371,6 @@ public struct VaultProvider: RootKeyProvider {
                 return .retry(failure(response, method, path, purpose: purpose, capability: nil, attempts: attempt))
             }
             return .done(response)
-        }
-    }
-
-    private func connectionMessage(_ error: HTTPFailure, attempt: Int, of tries: Int) -> String {
-        let tried = attempt > 1 || tries > 1 && error.isTransient ? " (tried \(attempt) time\(attempt == 1 ? "" : "s"))" : ""
-        switch error {
-        case .unreachable(let m): return "Vault is unreachable: \(m)\(tried); check vault_addr and that the server is running"
-        case .timeout(let m): return "Vault did not answer in time: \(m) (vault_timeout=\(formatSeconds(settings.timeout)) s)\(tried)"
-        case .resolve(let m): return "Vault is unreachable: \(m)"
-        case .tls(let m): return "TLS to Vault failed: \(m)"
-        case .protocolError(let m): return "talking to Vault failed: \(m)\(tried)"
         }
     }
 
@@ -412,15 +404,6 @@ public struct VaultProvider: RootKeyProvider {
                 + (attempts > 1 ? " after \(attempts) attempts" : ""))
         default:
             return .provider("Vault answered HTTP \(response.status)\(detail) while \(purpose) (\(method) \(path))")
-        }
-    }
-
-    private func prefixed(_ error: KeyError, _ context: String) -> KeyError {
-        switch error {
-        case .provider(let m): return .provider("\(context): \(m)")
-        case .invalidRootKey(let m): return .provider("\(context): \(m)")
-        case .crypto(let e): return .provider("\(context): \(e)")
-        default: return error
         }
     }
 }

@@ -1,4 +1,5 @@
 import VikingCrypto
+import VikingJSON
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -152,14 +153,7 @@ public struct VolcengineKMSProvider: RootKeyProvider {
             throw .keyFile(path: path, reason: st.st_size == 0 ? "the file is empty" : "too large for a KMS ciphertext")
         }
         var blob = [UInt8](repeating: 0, count: Int(st.st_size))
-        var total = 0
-        while total < blob.count {
-            let n = blob.withUnsafeMutableBytes { p in read(fd, p.baseAddress! + total, p.count - total) }
-            if n < 0 && errno == EINTR { continue }
-            guard n > 0 else { break }
-            total += n
-        }
-        guard total == blob.count else { throw .keyFile(path: path, reason: "short read") }
+        guard blob.withUnsafeMutableBytes({ readFully(fd, into: $0) }) == blob.count else { throw .keyFile(path: path, reason: "short read") }
         return blob
     }
 
@@ -274,7 +268,7 @@ public struct VolcengineKMSProvider: RootKeyProvider {
     // MARK: KMS calls
 
     private func encrypt(_ key: SecureBytes, credentials: VolcengineCredentials) throws(KeyError) -> [UInt8] {
-        var body = Array("{\"KeyID\":\"\(jsonEscaped(settings.keyID))\",\"Plaintext\":\"".utf8)
+        var body = Array("{\"KeyID\":\(JSON.quoted(settings.keyID)),\"Plaintext\":\"".utf8)
         body.reserveCapacity(body.count + 64)
         var b64 = key.withUnsafeBytes { Base64.encode($0) }
         body += b64
@@ -289,10 +283,10 @@ public struct VolcengineKMSProvider: RootKeyProvider {
     }
 
     private func decrypt(_ blob: [UInt8], credentials: VolcengineCredentials) throws(KeyError) -> RootKey {
-        let body = Array("{\"KeyID\":\"\(jsonEscaped(settings.keyID))\",\"CiphertextBlob\":\"\(Base64.encodeString(blob))\"}".utf8)
+        let body = Array("{\"KeyID\":\(JSON.quoted(settings.keyID)),\"CiphertextBlob\":\"\(Base64.encodeString(blob))\"}".utf8)
         let response = try call("Decrypt", body: body, credentials: credentials)
         let key: SecureBytes? = response.body.withUnsafeBytes { json in
-            guard let range = jsonStringFieldRange(json, field: "Plaintext") else { return nil }
+            guard let range = JSON.stringFieldRange(json, field: "Plaintext") else { return nil }
             return Base64.decodeSecure(UnsafeRawBufferPointer(rebasing: json[range]))
         }
         guard let key else { throw KeyError.provider("the KMS Decrypt answer holds no base64 Plaintext") }
@@ -324,15 +318,9 @@ public struct VolcengineKMSProvider: RootKeyProvider {
                 response = try client.send(method: "POST", path: "/?" + VolcengineSigner.queryString(query),
                                            headers: signed.headers, body: body)
             } catch {
-                let tried = attempt > 1 ? " (tried \(attempt) times)" : ""
-                let message: String
-                switch error {
-                case .unreachable(let m): message = "Volcengine KMS is unreachable: \(m)\(tried); check volcengine_endpoint/volcengine_region"
-                case .timeout(let m): message = "Volcengine KMS did not answer in time: \(m) (volcengine_timeout=\(formatSeconds(settings.timeout)) s)\(tried)"
-                case .resolve(let m): message = "Volcengine KMS is unreachable: \(m)"
-                case .tls(let m): message = "TLS to Volcengine KMS failed: \(m)"
-                case .protocolError(let m): message = "talking to Volcengine KMS failed: \(m)\(tried)"
-                }
+                let message = error.providerMessage(service: "Volcengine KMS", attempt: attempt,
+                                                    hint: "check volcengine_endpoint/volcengine_region",
+                                                    timeoutOption: "volcengine_timeout", timeout: settings.timeout)
                 if error.isTransient { return .retry(.provider(message)) }
                 throw KeyError.provider(message)
             }
@@ -378,14 +366,5 @@ public struct VolcengineKMSProvider: RootKeyProvider {
         }
         if response.status >= 500 && attempts > 1 { text += " after \(attempts) attempts" }
         return text
-    }
-
-    private func prefixed(_ error: KeyError, _ context: String) -> KeyError {
-        switch error {
-        case .provider(let m): return .provider("\(context): \(m)")
-        case .invalidRootKey(let m): return .provider("\(context): \(m)")
-        case .crypto(let e): return .provider("\(context): \(e)")
-        default: return error
-        }
     }
 }

@@ -36,7 +36,7 @@ final class Passthrough: FuseFileSystem {
     func rmdir(_ path: FusePath) throws(Errno) { _ = try syscallRetrying { unlinkat(root, path.relative, AT_REMOVEDIR) } }
     func symlink(target: FusePath, at path: FusePath) throws(Errno) { _ = try syscallRetrying { symlinkat(target.cString, root, path.relative) } }
     func rename(_ from: FusePath, to: FusePath, flags: UInt32) throws(Errno) {
-        _ = try syscallRetrying { cfuse_renameat2(root, from.relative, root, to.relative, flags) }
+        _ = try syscallRetrying { GNU.renameat2(root, from.relative, root, to.relative, flags: flags) }
     }
     func link(_ from: FusePath, to: FusePath) throws(Errno) { _ = try syscallRetrying { linkat(root, from.relative, root, to.relative, 0) } }
     func chmod(_ path: FusePath?, mode: mode_t, handle: UInt64?) throws(Errno) {
@@ -108,7 +108,7 @@ final class Passthrough: FuseFileSystem {
         else if let path { _ = try syscallRetrying { utimensat(root, path.relative, times, AT_SYMLINK_NOFOLLOW) } }
     }
     func fallocate(_ path: FusePath?, mode: Int32, offset: Int64, length: Int64, handle: UInt64) throws(Errno) {
-        _ = try syscallRetrying { cfuse_fallocate(Int32(handle), mode, off_t(offset), off_t(length)) }
+        _ = try syscallRetrying { GNU.fallocate(Int32(handle), mode: mode, offset: offset, length: length) }
     }
 }
 

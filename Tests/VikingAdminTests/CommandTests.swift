@@ -1,9 +1,11 @@
+import CSystem
 import Foundation
 import Testing
 @testable import VikingAdmin
 import VikingAPIKeys
 import VikingCrypto
 import VikingFormat
+import VikingJSON
 import VikingKeys
 
 /// A scratch directory on tmpfs, removed when the test ends.
@@ -68,9 +70,8 @@ func admin(_ arguments: [String], input: SecretInput = .bytes([])) -> (status: I
         chmod(a, 0o640)
         var times = [timespec(tv_sec: 1_600_000_000, tv_nsec: 123_000_000), timespec(tv_sec: 1_600_000_001, tv_nsec: 456_000_000)]
         utimensat(AT_FDCWD, a, &times, 0)
-        let setxattr = LibC.fsetxattr
         let fd = open(a, O_RDONLY)
-        _ = setxattr?(fd, "user.color", "red", 3, 0)
+        _ = fsetxattr(fd, "user.color", "red", 3, 0)
         close(fd)
 
         let dry = admin(["seal", s.path + "/b", "--key-file", key, "--dry-run", "--json"])
@@ -212,10 +213,10 @@ func admin(_ arguments: [String], input: SecretInput = .bytes([])) -> (status: I
         plain["globex/o.json"] = Array("ove1 content".utf8)
         #expect(admin(["seal", s.path + "/b", "--key-file", old, "--format", "ove1", "--quiet"]).status == 0)
         let dir = s.path + "/b/acme"
-        _ = LibC.fsetxattr.map { set in
+        do {
             let fd = open(dir, O_RDONLY | O_DIRECTORY)
             defer { close(fd) }
-            _ = set(fd, "user.tag", "dirtag", 6, 0)
+            _ = fsetxattr(fd, "user.tag", "dirtag", 6, 0)
         }
         #expect(admin(["seal", s.path + "/b", "--key-file", old, "--quiet"]).status == 0)
 

@@ -1,41 +1,7 @@
 import Testing
 @testable import VikingAdmin
 import VikingFormat
-
-@Suite struct JSONTests {
-    @Test func roundTripsPythonStyle() throws {
-        let text = #"{"users": {"alice": {"role": "admin", "key": "sk-d9090238511730eec994e2f4", "key_prefix": "sk-abcde"}}}"#
-        let value = try JSON.parse(Array(text.utf8))
-        #expect(value.serialized() == text)
-    }
-
-    @Test func keepsOrderNumbersAndEscapes() throws {
-        let text = #"{"b": 1.50, "a": [true, false, null, -0, 1e+10], "s": "tab\there \"q\" \u00e9 \ud83d\ude00 \/"}"#
-        let value = try JSON.parse(Array(text.utf8))
-        #expect(value["s"]?.stringValue == "tab\there \"q\" é 😀 /")
-        // Python's json.dumps: ensure_ascii escapes, numbers as written, member order kept.
-        #expect(value.serialized() == #"{"b": 1.50, "a": [true, false, null, -0, 1e+10], "s": "tab\there \"q\" \u00e9 \ud83d\ude00 /"}"#)
-    }
-
-    @Test func parsesRawUTF8AndWhitespace() throws {
-        let value = try JSON.parse(Array(" {\n \"k\" : \"ünï\" } \n".utf8))
-        #expect(value["k"]?.stringValue == "ünï")
-    }
-
-    @Test(arguments: ["", "{", "{\"a\" 1}", "{\"a\": 1,}", "[1 2]", "\"\\x\"", "01", "1.", "{\"a\": 1} x", "\"\u{01}\"", "\"\\ud800\"", "nul"])
-    func rejectsMalformed(_ text: String) {
-        #expect(throws: JSON.ParseError.self) { try JSON.parse(Array(text.utf8)) }
-    }
-
-    @Test func rejectsInvalidUTF8() {
-        #expect(throws: JSON.ParseError.self) { try JSON.parse([0x22, 0xff, 0x22]) }
-    }
-
-    @Test func limitsDepth() {
-        let deep = String(repeating: "[", count: 1000) + String(repeating: "]", count: 1000)
-        #expect(throws: JSON.ParseError.self) { try JSON.parse(Array(deep.utf8)) }
-    }
-}
+import VikingJSON
 
 @Suite struct UsersMigrationTests {
     let fakeHash: ([UInt8]) throws -> String = { "$argon2id$v=19$m=65536,t=3,p=2$salt$" + String(decoding: $0, as: UTF8.self) }

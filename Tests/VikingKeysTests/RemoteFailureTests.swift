@@ -2,6 +2,7 @@ import Foundation
 import Testing
 import VikingCrypto
 @testable import VikingKeys
+import VikingJSON
 
 /// Vault failure handling against loopback stand-ins: retries, sealed, forbidden, unreachable, timeouts.
 /// (The real OpenBao server is exercised by VaultTests, which Tests/integration/providers.sh runs.)
@@ -147,7 +148,7 @@ import VikingCrypto
             guard expected.authorization == auth else {
                 return .json(401, #"{"ResponseMetadata":{\#(meta),"Error":{"CodeN":100011,"Code":"SignatureDoesNotMatch","Message":"bad signature"}}}"#)
             }
-            guard let doc = try? JSONValue.parse(request.body), let keyID = doc["KeyID"]?.stringValue else {
+            guard let doc = try? JSON.parse(request.body), let keyID = doc["KeyID"]?.stringValue else {
                 return .json(400, #"{"ResponseMetadata":{\#(meta),"Error":{"Code":"InvalidParameter","Message":"no body"}}}"#)
             }
             if keyID == "error-key" {

@@ -2,26 +2,27 @@ import Foundation
 import Testing
 import VikingCrypto
 @testable import VikingKeys
+import VikingJSON
 
 /// The signer against signatures computed by Volcengine's official Python SDK (`SignerV4`), committed in
 /// Tests/vectors/volcengine/signer_vectors.json by Tests/vectors/volcengine/make_vectors.py.
 @Suite struct VolcengineSignerTests {
     struct Vector: CustomTestStringConvertible, Sendable {
-        let json: JSONValue
+        let json: JSON
         var name: String { json["name"]?.stringValue ?? "?" }
         var testDescription: String { name }
     }
 
     static func loadVectors() -> [Vector] {
         let path = repositoryRoot() + "/Tests/vectors/volcengine/signer_vectors.json"
-        guard let data = FileManager.default.contents(atPath: path), let doc = try? JSONValue.parse(Array(data)),
+        guard let data = FileManager.default.contents(atPath: path), let doc = try? JSON.parse(Array(data)),
               case .array(let items)? = doc["vectors"] else { return [] }
         return items.map { Vector(json: $0) }
     }
 
     static let vectors = loadVectors()
 
-    static func pairs(_ value: JSONValue?) -> [(String, String)] {
+    static func pairs(_ value: JSON?) -> [(String, String)] {
         guard case .array(let items)? = value else { return [] }
         return items.compactMap { item in
             guard case .array(let kv) = item, kv.count == 2, let k = kv[0].stringValue, let v = kv[1].stringValue else { return nil }
