@@ -16,11 +16,13 @@ results=$W/results
 for round in $(seq 1 "$ROUNDS"); do
     for bs in 4096 16384 65536; do
         rm -rf "$W/b"; mkdir -p "$W/b" "$W/m"
-        "$BIN/vikingfs-mount" "$W/b" "$W/m" -o root_key_file="$W/key",block_size=$bs
+        "$BIN/vikingfs-mount" "$W/b" "$W/m" -o root_key_file="$W/key",block_size=$bs 2>/dev/null
         mkdir "$W/m/acme"
-        w=$(dd if=/dev/zero of="$W/m/acme/s" bs=1M count=512 conv=fsync 2>&1 | grep -oE '[0-9.]+ MB/s' | cut -d' ' -f1)
+        # MB/s from dd's byte count and seconds (its own rate switches between MB/s and GB/s).
+        rate() { awk '/copied/ {for (i = 1; i <= NF; i++) if ($i == "s,") s = $(i-1); printf "%.0f", $1 / s / 1e6}'; }
+        w=$(dd if=/dev/zero of="$W/m/acme/s" bs=1M count=512 conv=fsync 2>&1 | rate)
         echo 3 > /proc/sys/vm/drop_caches
-        r=$(dd if="$W/m/acme/s" of=/dev/null bs=1M 2>&1 | grep -oE '[0-9.]+ MB/s' | cut -d' ' -f1)
+        r=$(dd if="$W/m/acme/s" of=/dev/null bs=1M 2>&1 | rate)
         rm "$W/m/acme/s"
         fio_iops() { fio --name=j --filename="$W/m/acme/fio" --size=64M --rw="$1" --bs=4k --ioengine=psync --direct=1 \
                          --runtime=4 --time_based --numjobs=2 --group_reporting --output-format=terse 2>/dev/null \
