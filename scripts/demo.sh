@@ -26,6 +26,8 @@ echo '{"accounts":["acme","globex"]}' > "$MNT/_system/accounts.json"
 echo; echo "=== what applications see at $MNT"
 (cd "$MNT" && find . -type f | sort | while read -r f; do printf '%-32s %s\n' "$f" "$(head -c 60 "$f")"; done)
 echo; echo "=== what the disk holds at $BACKING"
-(cd "$BACKING" && find . -type f | sort | while read -r f; do printf '%-32s %s\n' "$f" "$(head -c 24 "$f" | xxd -p | head -c 48)"; done)
+(cd "$BACKING" && find . -type f | sort | while read -r f; do
+    printf '%-32s %5s bytes  %-4s %s...\n' "$f" "$(stat -c %s "$f")" "$(head -c 4 "$f" | tr -c '[:print:]' '.')" "$(head -c 28 "$f" | tail -c 24 | xxd -p | tr -d '\n')"
+done)
 echo; echo "(VKFS... = vikingfs native format, OVE1... = OpenViking envelope; legacy.md stays plaintext and read-only"
 echo " until 'vikingfs seal'. Each account's files are sealed under its own key.)"
