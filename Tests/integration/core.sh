@@ -15,6 +15,10 @@ check "key check is an OVE1 envelope of empty content" bash -c "[ \$(head -c4 '$
 expect_fail "key check cannot be deleted through the mount" rm -f "$M/backend_meta.json"
 check "mount shows up as fuse.vikingfs with the backing dir as source" grep -q "^$B $M fuse.vikingfs " /proc/mounts
 
+check "the daemon cannot dump core (RLIMIT_CORE 0)" bash -c "grep -E '^Max core file size +0 +0' /proc/\$(cat '$M.pid')/limits"
+check "no key material in argv, the log or the backing dir" bash -c "
+    k=\$(tr -d '\n' < '$KEY'); ! grep -q \"\$k\" /proc/\$(cat '$M.pid')/cmdline && ! grep -q \"\$k\" '$M.log' && ! grep -rqa \"\$k\" '$B'"
+
 echo "== real tools"
 SRC=$SCRATCH/src
 mkdir -p "$SRC"
