@@ -62,7 +62,8 @@ new_key() { # new_key PATH: a fresh 64-hex root key, mode 0600
 viking_mount() {
     local backing=$1 mnt=$2; shift 2
     mkdir -p "$backing" "$mnt"
-    "$BIN/vikingfs-mount" "$backing" "$mnt" -f "$@" >"$mnt.log" 2>&1 &
+    # VIKINGFS_TEST_OPTIONS adds mount options to every test mount (e.g. writeback, to run a suite with it).
+    "$BIN/vikingfs-mount" "$backing" "$mnt" -f "$@" ${VIKINGFS_TEST_OPTIONS:+-o "$VIKINGFS_TEST_OPTIONS"} >"$mnt.log" 2>&1 &
     echo $! > "$mnt.pid"
     local i
     for i in $(seq 1 400); do
