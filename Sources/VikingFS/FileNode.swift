@@ -241,8 +241,25 @@ final class FileNode {
             written += newLength + NativeFormat.blockOverhead
             index += 1
         }
-        try pwriteFully(fd, UnsafeRawBufferPointer(rebasing: scratch[0..<written]), at: layout.storedOffset(ofBlock: first))
+        let storedStart = layout.storedOffset(ofBlock: first)
+        try reserveSpace(from: storedStart, to: storedStart + Int64(written))
+        try pwriteFully(fd, UnsafeRawBufferPointer(rebasing: scratch[0..<written]), at: storedStart)
         size = max(size, end)
+    }
+
+    /// Before a write that grows the backing file, reserve the space it needs: a full disk then fails the write
+    /// with ENOSPC before any byte changes, instead of leaving a torn block at the end of the file.
+    private func reserveSpace(from start: Int64, to end: Int64) throws(Errno) {
+        var st = stat()
+        guard fstat(fd, &st) == 0, end > Int64(st.st_size) else { return }
+        let from = max(start, Int64(st.st_size))
+        if GNU.fallocate(fd, mode: GNU.fallocKeepSize, offset: from, length: end - from) != 0 {
+            let error = Errno.current
+            // Filesystems without fallocate simply do not get the guarantee.
+            if error == Errno(EOPNOTSUPP) || error == Errno(ENOSYS) { return }
+            if error == .noSpace { Log.warning("\(displayPath): no space left on the backing file system (ENOSPC)") }
+            throw error
+        }
     }
 
     /// Random nonces for a batch of blocks; an all-zero nonce is reserved for holes and never used.
@@ -297,7 +314,9 @@ final class FileNode {
             Log.error("\(displayPath): cannot seal block \(index): \(error)")
             throw .io
         }
-        try pwriteFully(fd, UnsafeRawBufferPointer(sealed), at: cipher.layout.storedOffset(ofBlock: index))
+        let at = cipher.layout.storedOffset(ofBlock: index)
+        try reserveSpace(from: at, to: at + Int64(sealed.count))
+        try pwriteFully(fd, UnsafeRawBufferPointer(sealed), at: at)
     }
 
     /// Gives an empty backing file its sealed form (the mount's format) before the first byte lands.

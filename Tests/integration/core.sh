@@ -273,6 +273,21 @@ check "read-only mount refuses writes and reads fine" bash -c "
     viking_mount() { '$BIN/vikingfs-mount' \"\$@\"; }; viking_mount '$B' '$M' -o root_key_file='$KEY',ro \
     && [ \"\$(cat '$M/globex/mover')\" = 'moving SECRETMARKER' ] && ! touch '$M/acme/new' 2>/dev/null; rc=\$?; fusermount3 -u '$M'; exit \$rc"
 
+echo "== a full backing disk"
+mkdir -p "$SCRATCH/small"
+mount -t tmpfs -o size=4m tmpfs "$SCRATCH/small"
+mkdir -p "$SCRATCH/small/b"
+check "mount on a 4 MiB backing file system" viking_mount "$SCRATCH/small/b" "$SCRATCH/small-m" -o root_key_file="$KEY"
+head -c 1000000 /dev/urandom > "$SCRATCH/keep"
+check "a file that fits is written" bash -c "mkdir '$SCRATCH/small-m/acme' && cp '$SCRATCH/keep' '$SCRATCH/small-m/acme/keep'"
+check "filling the disk fails with ENOSPC" bash -c "! dd if=/dev/urandom of='$SCRATCH/small-m/acme/fill' bs=64k count=200 2>'$SCRATCH/dd.err' && grep -q 'No space left' '$SCRATCH/dd.err'"
+check "after ENOSPC both files read without EIO: the old one whole, the new one a prefix" bash -c "
+    cmp '$SCRATCH/small-m/acme/keep' '$SCRATCH/keep' && cat '$SCRATCH/small-m/acme/fill' > /dev/null && [ \$(stat -c %s '$SCRATCH/small-m/acme/fill') -gt 0 ]"
+check "after ENOSPC the files still read after a remount" bash -c "
+    fusermount3 -u '$SCRATCH/small-m' && '$BIN/vikingfs-mount' '$SCRATCH/small/b' '$SCRATCH/small-m' -o root_key_file='$KEY' 2>/dev/null \
+    && cmp '$SCRATCH/small-m/acme/keep' '$SCRATCH/keep' && cat '$SCRATCH/small-m/acme/fill' > /dev/null; rc=\$?; fusermount3 -u '$SCRATCH/small-m'; exit \$rc"
+umount "$SCRATCH/small"
+
 echo "== fstab and mount -a"
 created_helper=0
 if [ ! -e /sbin/mount.vikingfs ]; then ln -s "$BIN/vikingfs-mount" /sbin/mount.vikingfs; created_helper=1; fi
