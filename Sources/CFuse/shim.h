@@ -12,12 +12,10 @@
 #include <unistd.h>
 
 static inline int cfuse_errno(void) { return errno; }
-static inline void cfuse_set_errno(int e) { errno = e; }
 // openat is variadic; Swift cannot pass it a mode.
 static inline int cfuse_open_mode(int dirfd, const char *path, int flags, mode_t mode) {
     return openat(dirfd, path, flags, mode);
 }
-static inline int cfuse_fcntl_int(int fd, int cmd, int arg) { return fcntl(fd, cmd, arg); }
 // fuse_new and fuse_loop_mt are macros over versioned symbols; Swift sees neither.
 static inline struct fuse *cfuse_new(struct fuse_args *args, const struct fuse_operations *op, size_t size, void *data) {
     return fuse_new(args, op, size, data);

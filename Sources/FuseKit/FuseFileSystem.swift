@@ -21,13 +21,6 @@ public struct FusePath {
     /// The relative path as a Swift string ("a/b", or "" for the root).
     public var relativeString: String { isRoot ? "" : String(cString: cString + 1) }
 
-    /// The last component, as a Swift string.
-    public var lastComponent: Substring {
-        let s = string
-        guard let slash = s.lastIndex(of: "/") else { return Substring(s) }
-        return s[s.index(after: slash)...]
-    }
-
     nonisolated(unsafe) static let dot: UnsafePointer<CChar> = UnsafePointer(strdup("."))
 }
 
