@@ -10,7 +10,14 @@ BIN=${VIKINGFS_BIN:-.build/release}
 command -v fio >/dev/null || apt-get install -y -qq fio >/dev/null
 W=$(mktemp -d /tmp/vikingfs-blocksize.XXXXXX)
 mount -t tmpfs -o size=3g tmpfs "$W"
-trap 'fusermount3 -u "$W/m" 2>/dev/null; umount "$W"; rmdir "$W"' EXIT
+cleanup() {
+    fusermount3 -u "$W/m" 2>/dev/null || true
+    # The daemon may still be closing its files on the tmpfs: retry, then detach lazily.
+    for _ in $(seq 1 50); do umount "$W" 2>/dev/null && break; sleep 0.1; done
+    if mountpoint -q "$W"; then umount -l "$W" || true; fi
+    rmdir "$W" 2>/dev/null || true
+}
+trap cleanup EXIT
 python3 -c 'import os; print(os.urandom(32).hex())' > "$W/key"; chmod 600 "$W/key"
 results=$W/results
 for round in $(seq 1 "$ROUNDS"); do

@@ -10,7 +10,14 @@ BIN=${VIKINGFS_BIN:-.build/release}
 command -v valgrind >/dev/null || apt-get install -y -qq valgrind >/dev/null
 W=$(mktemp -d /tmp/vikingfs-callgrind.XXXXXX)
 mount -t tmpfs -o size=1g tmpfs "$W"
-trap 'fusermount3 -u "$W/m" 2>/dev/null; sleep 1; umount -l "$W"; rmdir "$W" 2>/dev/null' EXIT
+cleanup() {
+    fusermount3 -u "$W/m" 2>/dev/null || true
+    # The daemon may still be closing its files on the tmpfs: retry, then detach lazily.
+    for _ in $(seq 1 50); do umount "$W" 2>/dev/null && break; sleep 0.1; done
+    if mountpoint -q "$W"; then umount -l "$W" || true; fi
+    rmdir "$W" 2>/dev/null || true
+}
+trap cleanup EXIT
 mkdir -p "$W/b" "$W/m"
 python3 -c 'import os; print(os.urandom(32).hex())' > "$W/key"; chmod 600 "$W/key"
 valgrind --tool=callgrind --callgrind-out-file="$W/callgrind.out" \
