@@ -43,9 +43,6 @@ public struct OpenResult {
 public struct DirectoryFiller {
     let buffer: UnsafeMutableRawPointer?
     let filler: fuse_fill_dir_t
-    /// The kernel asked for READDIRPLUS: entries added with full attributes spare it one LOOKUP each
-    /// (`ls -l`, `find`, `rm -r` of large trees).
-    public let wantsAttributes: Bool
 
     @discardableResult
     public func add(_ name: UnsafePointer<CChar>, inode: UInt64, type: mode_t) -> Bool {
@@ -53,13 +50,6 @@ public struct DirectoryFiller {
         st.st_ino = UInt(truncatingIfNeeded: inode)
         st.st_mode = type
         return filler(buffer, name, &st, 0, fuse_fill_dir_flags(rawValue: 0)) == 0
-    }
-
-    /// Adds an entry with complete, valid attributes (READDIRPLUS).
-    @discardableResult
-    public func add(_ name: UnsafePointer<CChar>, attributes: stat) -> Bool {
-        var st = attributes
-        return filler(buffer, name, &st, 0, FUSE_FILL_DIR_PLUS) == 0
     }
 }
 

@@ -130,10 +130,9 @@ func makeOperations() -> fuse_operations {
     }
     ops.removexattr = { p, name in call { () throws(Errno) in try fs().removexattr(FusePath(cString: p!), name: name!) } }
     ops.opendir = { p, fi in call { () throws(Errno) in fi!.pointee.fh = try fs().opendir(FusePath(cString: p!)) } }
-    ops.readdir = { p, buf, filler, _, fi, flags in
+    ops.readdir = { p, buf, filler, _, fi, _ in
         call { () throws(Errno) in
-            let plus = (flags.rawValue & FUSE_READDIR_PLUS.rawValue) != 0
-            try fs().readdir(path(p), handle: fi!.pointee.fh, filler: DirectoryFiller(buffer: buf, filler: filler!, wantsAttributes: plus))
+            try fs().readdir(path(p), handle: fi!.pointee.fh, filler: DirectoryFiller(buffer: buf, filler: filler!))
         }
     }
     ops.releasedir = { p, fi in fs().releasedir(path(p), handle: fi!.pointee.fh); return 0 }

@@ -216,13 +216,8 @@ public final class VikingFileSystem: FuseFileSystem {
 
     /// Attributes of a file that is not open: the format decides the plaintext size.
     private func presentedAttributes(of path: FusePath, _ st: stat) -> stat {
-        presentedAttributes(at: context.rootFD, path.relative, st)
-    }
-
-    /// The same, for the entry `name` of the directory open as `directoryFD` (READDIRPLUS).
-    private func presentedAttributes(at directoryFD: Int32, _ name: UnsafePointer<CChar>, _ st: stat) -> stat {
         var result = st
-        let (kind, shift) = probes.lookup(st) ?? probe(at: directoryFD, name, st)
+        let (kind, shift) = probes.lookup(st) ?? probe(path, st)
         switch kind {
         case .empty: result.st_size = 0
         case .legacy: result.st_mode &= ~mode_t(0o222)
@@ -232,9 +227,9 @@ public final class VikingFileSystem: FuseFileSystem {
         return result
     }
 
-    private func probe(at directoryFD: Int32, _ name: UnsafePointer<CChar>, _ st: stat) -> (FileKind, UInt8) {
+    private func probe(_ path: FusePath, _ st: stat) -> (FileKind, UInt8) {
         guard st.st_size > 0 else { return (.empty, 0) }
-        let fd = openat(directoryFD, name, O_RDONLY | O_CLOEXEC | O_NOFOLLOW)
+        let fd = openat(context.rootFD, path.relative, O_RDONLY | O_CLOEXEC | O_NOFOLLOW)
         guard fd >= 0 else { return (.legacy, 0) }
         defer { close(fd) }
         var prefix = [UInt8](repeating: 0, count: 6)
@@ -244,14 +239,6 @@ public final class VikingFileSystem: FuseFileSystem {
         if kind == .native && n >= 6 && NativeFormat.blockShiftRange.contains(prefix[5]) { shift = prefix[5] }
         probes.store(st, kind: kind, shift: shift)
         return (kind, shift)
-    }
-
-    /// What getattr would answer for a directory entry, for READDIRPLUS; nil when it cannot be had.
-    private func entryAttributes(directoryFD: Int32, _ name: UnsafePointer<CChar>) -> stat? {
-        var st = stat()
-        guard fstatat(directoryFD, name, &st, AT_SYMLINK_NOFOLLOW) == 0 else { return nil }
-        guard (st.st_mode & S_IFMT) == S_IFREG else { return st }
-        return openNodeAttributes(st) ?? presentedAttributes(at: directoryFD, name, st)
     }
 
     public func chmod(_ path: FusePath?, mode: mode_t, handle: UInt64?) throws(Errno) {
@@ -523,10 +510,6 @@ public final class VikingFileSystem: FuseFileSystem {
                     if strncmp(name, TemporaryName.prefix, prefixLength) == 0 {
                         removeIfStale(directoryFD: fd, name: name)
                         return true
-                    }
-                    if filler.wantsAttributes && strcmp(name, ".") != 0 && strcmp(name, "..") != 0,
-                       let attributes = entryAttributes(directoryFD: fd, name) {
-                        return filler.add(name, attributes: attributes)
                     }
                     return filler.add(name, inode: inode, type: type)
                 }

@@ -94,13 +94,7 @@ final class Passthrough: FuseFileSystem {
         while let entry = Glibc.readdir(dir) {
             let type = mode_t(entry.pointee.d_type) << 12
             let ok = withUnsafePointer(to: entry.pointee.d_name) { p in
-                p.withMemoryRebound(to: CChar.self, capacity: 256) { name -> Bool in
-                    var st = stat()
-                    if filler.wantsAttributes && fstatat(dirfd(dir), name, &st, AT_SYMLINK_NOFOLLOW) == 0 {
-                        return filler.add(name, attributes: st)
-                    }
-                    return filler.add(name, inode: UInt64(entry.pointee.d_ino), type: type)
-                }
+                p.withMemoryRebound(to: CChar.self, capacity: 256) { filler.add($0, inode: UInt64(entry.pointee.d_ino), type: type) }
             }
             if !ok { break }
         }
