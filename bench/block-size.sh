@@ -3,22 +3,10 @@
 # background noise hits every size alike; prints the median of each. Needs root and a release build.
 #   bench/block-size.sh [ROUNDS]
 set -euo pipefail
-cd "$(dirname "$0")/.."
+source "$(dirname "$0")/scratch.sh"
 ROUNDS=${1:-3}
-BIN=${VIKINGFS_BIN:-.build/release}
-[ -x "$BIN/vikingfs-mount" ] || swift build -c release --product vikingfs-mount >/dev/null
 command -v fio >/dev/null || apt-get install -y -qq fio >/dev/null
-W=$(mktemp -d /tmp/vikingfs-blocksize.XXXXXX)
-mount -t tmpfs -o size=3g tmpfs "$W"
-cleanup() {
-    fusermount3 -u "$W/m" 2>/dev/null || true
-    # The daemon may still be closing its files on the tmpfs: retry, then detach lazily.
-    for _ in $(seq 1 50); do umount "$W" 2>/dev/null && break; sleep 0.1; done
-    if mountpoint -q "$W"; then umount -l "$W" || true; fi
-    rmdir "$W" 2>/dev/null || true
-}
-trap cleanup EXIT
-python3 -c 'import os; print(os.urandom(32).hex())' > "$W/key"; chmod 600 "$W/key"
+scratch_setup blocksize 3g
 results=$W/results
 for round in $(seq 1 "$ROUNDS"); do
     for bs in 4096 16384 65536; do

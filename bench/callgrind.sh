@@ -4,22 +4,10 @@
 # and the top functions. Compare totals before and after a change to the data path.
 #   bench/callgrind.sh            (needs root, valgrind, a release build)
 set -euo pipefail
-cd "$(dirname "$0")/.."
-BIN=${VIKINGFS_BIN:-.build/release}
-[ -x "$BIN/vikingfs-mount" ] || swift build -c release --product vikingfs-mount >/dev/null
+source "$(dirname "$0")/scratch.sh"
 command -v valgrind >/dev/null || apt-get install -y -qq valgrind >/dev/null
-W=$(mktemp -d /tmp/vikingfs-callgrind.XXXXXX)
-mount -t tmpfs -o size=1g tmpfs "$W"
-cleanup() {
-    fusermount3 -u "$W/m" 2>/dev/null || true
-    # The daemon may still be closing its files on the tmpfs: retry, then detach lazily.
-    for _ in $(seq 1 50); do umount "$W" 2>/dev/null && break; sleep 0.1; done
-    if mountpoint -q "$W"; then umount -l "$W" || true; fi
-    rmdir "$W" 2>/dev/null || true
-}
-trap cleanup EXIT
+scratch_setup callgrind 1g
 mkdir -p "$W/b" "$W/m"
-python3 -c 'import os; print(os.urandom(32).hex())' > "$W/key"; chmod 600 "$W/key"
 valgrind --tool=callgrind --callgrind-out-file="$W/callgrind.out" \
     "$BIN/vikingfs-mount" "$W/b" "$W/m" -f -o root_key_file="$W/key" >"$W/daemon.log" 2>&1 &
 for _ in $(seq 1 600); do grep -q " $W/m fuse" /proc/mounts && break; sleep 0.1; done

@@ -203,11 +203,15 @@ final class FileNode {
         let first = offset / blockSize
         let last = (end - 1) / blockSize
         let blockCount = Int(last - first + 1)
+        // Scratch layout: sealed blocks | one plaintext block | one stored block (for merges) | nonces.
         let sealedArea = blockCount * storedBlock
-        let scratch = ThreadScratch.current.buffer(sealedArea + layout.blockSize + blockCount * NativeFormat.nonceLength)
-        let blockBuffer = UnsafeMutableRawBufferPointer(rebasing: scratch[sealedArea..<(sealedArea + layout.blockSize)])
+        let mergeArea = sealedArea + layout.blockSize
+        let noncesArea = mergeArea + storedBlock
+        let scratch = ThreadScratch.current.buffer(noncesArea + blockCount * NativeFormat.nonceLength)
+        let blockBuffer = UnsafeMutableRawBufferPointer(rebasing: scratch[sealedArea..<mergeArea])
+        let storedBuffer = UnsafeMutableRawBufferPointer(rebasing: scratch[mergeArea..<noncesArea])
         // One call to the random generator for every nonce of this write, not one per block.
-        let nonces = UnsafeMutableRawBufferPointer(rebasing: scratch[(sealedArea + layout.blockSize)...])
+        let nonces = UnsafeMutableRawBufferPointer(rebasing: scratch[noncesArea...])
         do { try freshNonces(nonces) } catch {
             Log.error("\(displayPath): random generator failed: \(error)")
             throw .io
@@ -227,7 +231,7 @@ final class FileNode {
                     try cipher.sealBlock(index: UInt64(index), nonce: nonce(nonces, Int(index - first)), plaintext: source, output: slot)
                 } else {
                     let plain = UnsafeMutableRawBufferPointer(rebasing: blockBuffer[0..<newLength])
-                    if oldLength > 0 { try readBlock(index, length: oldLength, into: plain) }
+                    if oldLength > 0 { try readBlock(index, length: oldLength, into: plain, using: storedBuffer) }
                     if from > oldLength { memset(plain.baseAddress! + oldLength, 0, from - oldLength) }
                     (plain.baseAddress! + from).copyMemory(from: data.baseAddress! + Int(blockStart + Int64(from) - offset), byteCount: to - from)
                     try cipher.sealBlock(index: UInt64(index), nonce: nonce(nonces, Int(index - first)), plaintext: UnsafeRawBufferPointer(plain), output: slot)
@@ -249,10 +253,12 @@ final class FileNode {
 
     /// Before a write that grows the backing file, reserve the space it needs: a full disk then fails the write
     /// with ENOSPC before any byte changes, instead of leaving a torn block at the end of the file.
+    /// The backing size follows from the plaintext size this node keeps, so no fstat is needed.
     private func reserveSpace(from start: Int64, to end: Int64) throws(Errno) {
-        var st = stat()
-        guard fstat(fd, &st) == 0, end > Int64(st.st_size) else { return }
-        let from = max(start, Int64(st.st_size))
+        guard let layout = cipher?.layout else { return }
+        let current = layout.backingSize(forPlaintext: size)
+        guard end > current else { return }
+        let from = max(start, current)
         if GNU.fallocate(fd, mode: GNU.fallocKeepSize, offset: from, length: end - from) != 0 {
             let error = Errno.current
             // Filesystems without fallocate simply do not get the guarantee.
@@ -278,12 +284,13 @@ final class FileNode {
         UnsafeRawBufferPointer(rebasing: area[(k * NativeFormat.nonceLength)..<((k + 1) * NativeFormat.nonceLength)])
     }
 
-    /// Opens the first `length` plaintext bytes of block `index` into `output`; refuses a damaged block.
-    private func readBlock(_ index: Int64, length: Int, into output: UnsafeMutableRawBufferPointer) throws(Errno) {
+    /// Opens the first `length` plaintext bytes of block `index` into `output`, reading the stored block into
+    /// `scratch` (at least one stored block long); refuses a damaged block.
+    private func readBlock(_ index: Int64, length: Int, into output: UnsafeMutableRawBufferPointer,
+                           using scratch: UnsafeMutableRawBufferPointer) throws(Errno) {
         guard let cipher else { throw .io }
         let storedCount = length + NativeFormat.blockOverhead
-        let stored = UnsafeMutableRawBufferPointer.allocate(byteCount: storedCount, alignment: 16)
-        defer { stored.deallocate() }
+        let stored = UnsafeMutableRawBufferPointer(rebasing: scratch[0..<storedCount])
         let got = try preadFully(fd, stored, at: cipher.layout.storedOffset(ofBlock: index))
         do {
             guard got == storedCount else { throw FormatError.truncatedBlock(index: UInt64(index), storedBytes: got) }
@@ -300,13 +307,17 @@ final class FileNode {
         let blockSize = Int64(cipher.layout.blockSize)
         let oldLength = Int(max(0, min(blockSize, size - index * blockSize)))
         let plain = UnsafeMutableRawBufferPointer.allocate(byteCount: max(oldLength, newLength), alignment: 16)
-        let sealed = UnsafeMutableRawBufferPointer.allocate(byteCount: newLength + NativeFormat.blockOverhead, alignment: 16)
+        // Holds the old stored block while it is read, then the re-sealed one.
+        let storage = UnsafeMutableRawBufferPointer.allocate(byteCount: max(oldLength, newLength) + NativeFormat.blockOverhead, alignment: 16)
+        let sealed = UnsafeMutableRawBufferPointer(rebasing: storage[0..<(newLength + NativeFormat.blockOverhead)])
         defer {
             memset(plain.baseAddress!, 0, plain.count)
             plain.deallocate()
-            sealed.deallocate()
+            storage.deallocate()
         }
-        if oldLength > 0 { try readBlock(index, length: oldLength, into: UnsafeMutableRawBufferPointer(rebasing: plain[0..<oldLength])) }
+        if oldLength > 0 {
+            try readBlock(index, length: oldLength, into: UnsafeMutableRawBufferPointer(rebasing: plain[0..<oldLength]), using: storage)
+        }
         if newLength > oldLength { memset(plain.baseAddress! + oldLength, 0, newLength - oldLength) }
         do {
             try cipher.sealBlock(index: UInt64(index), plaintext: UnsafeRawBufferPointer(rebasing: plain[0..<newLength]), output: sealed)
