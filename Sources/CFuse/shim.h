@@ -16,9 +16,8 @@ static inline int cfuse_errno(void) { return errno; }
 static inline int cfuse_open_mode(int dirfd, const char *path, int flags, mode_t mode) {
     return openat(dirfd, path, flags, mode);
 }
-// fuse_new and fuse_loop_mt are macros over versioned symbols; Swift sees neither.
-static inline struct fuse *cfuse_new(struct fuse_args *args, const struct fuse_operations *op, size_t size, void *data) {
-    return fuse_new(args, op, size, data);
+// fuse_session_loop_mt is a macro over versioned symbols; Swift cannot see it.
+static inline int cfuse_session_loop_mt(struct fuse_session *se, struct fuse_loop_config *config) {
+    return fuse_session_loop_mt(se, config);
 }
-static inline int cfuse_loop_mt(struct fuse *f, struct fuse_loop_config *config) { return fuse_loop_mt(f, config); }
 #endif

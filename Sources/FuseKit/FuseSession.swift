@@ -50,17 +50,18 @@ public enum FuseSession {
         let box = Unmanaged.passRetained(FileSystemBox(fileSystem))
         defer { box.release() }
 
-        guard let fuse = cfuse_new(&args, &ops, MemoryLayout<fuse_operations>.size, box.toOpaque()) else {
+        raiseDescriptorLimit()
+
+        guard let session = fuse_session_new(&args, &ops, MemoryLayout<fuse_lowlevel_ops>.size, box.toOpaque()) else {
             throw .setup("libfuse rejected the options (see the message above): \(configuration.options.joined(separator: ","))")
         }
-        defer { fuse_destroy(fuse) }
-        guard fuse_mount(fuse, mountpoint) == 0 else {
-            throw .mount("cannot mount on \(mountpoint) (see the message above)")
-        }
-        defer { fuse_unmount(fuse) }
-        let session = fuse_get_session(fuse)
+        defer { fuse_session_destroy(session) }
         guard fuse_set_signal_handlers(session) == 0 else { throw .setup("cannot install signal handlers") }
         defer { fuse_remove_signal_handlers(session) }
+        guard fuse_session_mount(session, mountpoint) == 0 else {
+            throw .mount("cannot mount on \(mountpoint) (see the message above)")
+        }
+        defer { fuse_session_unmount(session) }
 
         mounted()
 
@@ -69,7 +70,27 @@ public enum FuseSession {
         fuse_loop_cfg_set_max_threads(loopConfig, configuration.maxThreads)
         fuse_loop_cfg_set_idle_threads(loopConfig, configuration.maxIdleThreads)
         fuse_loop_cfg_set_clone_fd(loopConfig, 0)
-        return cfuse_loop_mt(fuse, loopConfig)
+        return cfuse_session_loop_mt(session, loopConfig)
+    }
+}
+
+/// File systems over an `InodeTable` keep one descriptor per inode the kernel caches (as libfuse's
+/// passthrough_hp does): allow as many as the kernel allows (`fs.nr_open`) when privileged, else the hard limit.
+private func raiseDescriptorLimit() {
+    let resource = Int32(RLIMIT_NOFILE.rawValue)
+    var limit = rlimit()
+    guard getrlimit(resource, &limit) == 0 else { return }
+    var ceiling = limit.rlim_max
+    let fd = open("/proc/sys/fs/nr_open", O_RDONLY | O_CLOEXEC)
+    if fd >= 0 {
+        var text = [CChar](repeating: 0, count: 32)
+        if read(fd, &text, 31) > 0 { ceiling = max(ceiling, rlim_t(strtoul(text, nil, 10))) }
+        close(fd)
+    }
+    var wanted = rlimit(rlim_cur: ceiling, rlim_max: ceiling)
+    if setrlimit(resource, &wanted) != 0 {
+        wanted = rlimit(rlim_cur: limit.rlim_max, rlim_max: limit.rlim_max)
+        _ = setrlimit(resource, &wanted)
     }
 }
 

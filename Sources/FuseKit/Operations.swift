@@ -3,154 +3,334 @@ import CFuse
 import Glibc
 #endif
 
-/// The file system behind the current request. `init` returns the same `private_data` it was given, so every
-/// callback reaches the Swift object through `fuse_get_context()` without any global.
-@inline(__always)
-private func fs() -> FuseFileSystem {
-    let box = Unmanaged<FileSystemBox>.fromOpaque(fuse_get_context()!.pointee.private_data).takeUnretainedValue()
-    return box.fileSystem
-}
-
 final class FileSystemBox {
     let fileSystem: FuseFileSystem
     var settings = FuseInitSettings()
     init(_ fileSystem: FuseFileSystem) { self.fileSystem = fileSystem }
 }
 
+/// The box behind a request: the session's user data, so no callback needs a global.
 @inline(__always)
-private func path(_ p: UnsafePointer<CChar>?) -> FusePath? { p.map(FusePath.init(cString:)) }
+private func box(_ req: fuse_req_t?) -> FileSystemBox {
+    Unmanaged<FileSystemBox>.fromOpaque(fuse_req_userdata(req)!).takeUnretainedValue()
+}
 
 @inline(__always)
-private func call(_ body: () throws(Errno) -> Void) -> Int32 {
-    do { try body(); return 0 } catch { return -error.rawValue }
+private func fs(_ req: fuse_req_t?) -> FuseFileSystem { box(req).fileSystem }
+
+@inline(__always)
+private func replyError(_ req: fuse_req_t?, _ body: () throws(Errno) -> Void) {
+    do { try body(); fuse_reply_err(req, 0) } catch { fuse_reply_err(req, error.rawValue) }
+}
+
+@inline(__always)
+private func replyEntry(_ req: fuse_req_t?, _ body: () throws(Errno) -> FuseEntry) {
+    do {
+        var parameters = try body().parameters(box(req).settings)
+        fuse_reply_entry(req, &parameters)
+    } catch {
+        fuse_reply_err(req, error.rawValue)
+    }
+}
+
+@inline(__always)
+private func replyAttributes(_ req: fuse_req_t?, _ body: () throws(Errno) -> stat) {
+    do {
+        var st = try body()
+        fuse_reply_attr(req, &st, box(req).settings.attributeTimeout)
+    } catch {
+        fuse_reply_err(req, error.rawValue)
+    }
 }
 
 @inline(__always)
 private func handle(_ fi: UnsafeMutablePointer<fuse_file_info>?) -> UInt64? { fi?.pointee.fh }
 
-/// The C operation table. Each entry captures nothing and reaches the file system through the FUSE context.
-func makeOperations() -> fuse_operations {
-    var ops = fuse_operations()
-    ops.`init` = { conn, cfg in
-        let context = fuse_get_context()!.pointee
-        let box = Unmanaged<FileSystemBox>.fromOpaque(context.private_data).takeUnretainedValue()
+private func apply(_ result: OpenResult, to fi: UnsafeMutablePointer<fuse_file_info>) {
+    fi.pointee.fh = result.handle
+    fi.pointee.direct_io = result.directIO ? 1 : 0
+    fi.pointee.keep_cache = result.keepCache ? 1 : 0
+}
+
+/// Replies to size-probing calls (getxattr, listxattr): an empty request gets the size, otherwise the bytes.
+private func replySized(_ req: fuse_req_t?, size: Int, _ body: (UnsafeMutableRawBufferPointer) throws(Errno) -> Int) {
+    do {
+        if size == 0 {
+            fuse_reply_xattr(req, try body(UnsafeMutableRawBufferPointer(start: nil, count: 0)))
+            return
+        }
+        let buffer = ReplyBuffer.current.buffer(size)
+        let n = try body(buffer)
+        fuse_reply_buf(req, buffer.baseAddress!.assumingMemoryBound(to: CChar.self), n)
+    } catch {
+        fuse_reply_err(req, error.rawValue)
+    }
+}
+
+private func readDirectory(_ req: fuse_req_t?, _ ino: fuse_ino_t, _ size: Int, _ offset: off_t,
+                           _ fi: UnsafeMutablePointer<fuse_file_info>?, plus: Bool) {
+    let raw = ReplyBuffer.current.buffer(size)
+    let base = raw.baseAddress!.assumingMemoryBound(to: CChar.self)
+    var buffer = DirectoryBuffer(request: req, base: base, capacity: size, wantsAttributes: plus)
+    do throws(Errno) {
+        try fs(req).readdir(FuseInode(ino), handle: fi!.pointee.fh, offset: Int64(offset), into: &buffer)
+        fuse_reply_buf(req, base, buffer.used)
+    } catch {
+        // Entries already added (and, with READDIRPLUS, looked up) must reach the kernel.
+        if buffer.used > 0 { fuse_reply_buf(req, base, buffer.used) } else { fuse_reply_err(req, error.rawValue) }
+    }
+}
+
+/// The C operation table. Each entry captures nothing and reaches the file system through the request.
+func makeOperations() -> fuse_lowlevel_ops {
+    var ops = fuse_lowlevel_ops()
+    ops.`init` = { userdata, conn in
+        guard let userdata, let conn else { return }
+        let box = Unmanaged<FileSystemBox>.fromOpaque(userdata).takeUnretainedValue()
         var settings = box.settings
         box.fileSystem.initialize(settings: &settings)
-        if let cfg {
-            cfg.pointee.use_ino = settings.useInodeNumbers ? 1 : 0
-            cfg.pointee.readdir_ino = settings.useInodeNumbers ? 1 : 0
-            cfg.pointee.hard_remove = settings.hardRemove ? 1 : 0
-            cfg.pointee.nullpath_ok = settings.nullPathOK ? 1 : 0
-            cfg.pointee.attr_timeout = settings.attributeTimeout
-            cfg.pointee.entry_timeout = settings.entryTimeout
-            cfg.pointee.negative_timeout = settings.negativeTimeout
+        func want(_ capability: Int32, _ on: Bool) {
+            let bit = UInt32(capability)
+            if on && conn.pointee.capable & bit != 0 { conn.pointee.want |= bit } else { conn.pointee.want &= ~bit }
         }
-        if let conn {
-            if settings.writebackCache && (conn.pointee.capable & UInt32(FUSE_CAP_WRITEBACK_CACHE)) != 0 {
-                conn.pointee.want |= UInt32(FUSE_CAP_WRITEBACK_CACHE)
-            }
-            if settings.parallelDirOps && (conn.pointee.capable & UInt32(FUSE_CAP_PARALLEL_DIROPS)) != 0 {
-                conn.pointee.want |= UInt32(FUSE_CAP_PARALLEL_DIROPS)
-            }
-            conn.pointee.max_write = settings.maxWrite
-            conn.pointee.max_readahead = settings.maxReadahead
-        }
+        want(FUSE_CAP_WRITEBACK_CACHE, settings.writebackCache)
+        want(FUSE_CAP_PARALLEL_DIROPS, settings.parallelDirOps)
+        want(FUSE_CAP_READDIRPLUS, settings.readdirPlus)
+        want(FUSE_CAP_READDIRPLUS_AUTO, settings.readdirPlus)
+        conn.pointee.max_write = settings.maxWrite
+        conn.pointee.max_readahead = settings.maxReadahead
         box.settings = settings
-        return context.private_data
     }
-    ops.destroy = { data in
-        guard let data else { return }
-        Unmanaged<FileSystemBox>.fromOpaque(data).takeUnretainedValue().fileSystem.destroy()
+    ops.destroy = { userdata in
+        guard let userdata else { return }
+        Unmanaged<FileSystemBox>.fromOpaque(userdata).takeUnretainedValue().fileSystem.destroy()
     }
-    ops.getattr = { p, st, fi in
-        call { () throws(Errno) in st!.pointee = try fs().getattr(path(p), handle: handle(fi)) }
+    ops.lookup = { req, parent, name in
+        let box = box(req)
+        do throws(Errno) {
+            var parameters = try box.fileSystem.lookup(parent: FuseInode(parent), name: name!).parameters(box.settings)
+            fuse_reply_entry(req, &parameters)
+        } catch {
+            if error == .noEntry && box.settings.negativeTimeout > 0 {
+                var negative = fuse_entry_param()
+                negative.entry_timeout = box.settings.negativeTimeout
+                fuse_reply_entry(req, &negative)
+            } else {
+                fuse_reply_err(req, error.rawValue)
+            }
+        }
     }
-    ops.readlink = { p, buf, size in
-        call { () throws(Errno) in try fs().readlink(FusePath(cString: p!), into: UnsafeMutableBufferPointer(start: buf, count: size)) }
+    ops.forget = { req, ino, nlookup in
+        fs(req).forget(FuseInode(ino), lookups: nlookup)
+        fuse_reply_none(req)
     }
-    ops.mknod = { p, mode, dev in call { () throws(Errno) in try fs().mknod(FusePath(cString: p!), mode: mode, device: dev) } }
-    ops.mkdir = { p, mode in call { () throws(Errno) in try fs().mkdir(FusePath(cString: p!), mode: mode) } }
-    ops.unlink = { p in call { () throws(Errno) in try fs().unlink(FusePath(cString: p!)) } }
-    ops.rmdir = { p in call { () throws(Errno) in try fs().rmdir(FusePath(cString: p!)) } }
-    ops.symlink = { target, p in
-        call { () throws(Errno) in try fs().symlink(target: FusePath(cString: target!), at: FusePath(cString: p!)) }
+    ops.forget_multi = { req, count, forgets in
+        let fileSystem = fs(req)
+        if let forgets {
+            for i in 0..<count { fileSystem.forget(FuseInode(forgets[i].ino), lookups: forgets[i].nlookup) }
+        }
+        fuse_reply_none(req)
     }
-    ops.rename = { from, to, flags in
-        call { () throws(Errno) in try fs().rename(FusePath(cString: from!), to: FusePath(cString: to!), flags: flags) }
+    ops.getattr = { req, ino, fi in
+        replyAttributes(req) { () throws(Errno) in try fs(req).getattr(FuseInode(ino), handle: handle(fi)) }
     }
-    ops.link = { from, to in call { () throws(Errno) in try fs().link(FusePath(cString: from!), to: FusePath(cString: to!)) } }
-    ops.chmod = { p, mode, fi in call { () throws(Errno) in try fs().chmod(path(p), mode: mode, handle: handle(fi)) } }
-    ops.chown = { p, uid, gid, fi in call { () throws(Errno) in try fs().chown(path(p), uid: uid, gid: gid, handle: handle(fi)) } }
-    ops.truncate = { p, size, fi in call { () throws(Errno) in try fs().truncate(path(p), size: Int64(size), handle: handle(fi)) } }
-    ops.open = { p, fi in
-        call { () throws(Errno) in
-            let result = try fs().open(FusePath(cString: p!), flags: fi!.pointee.flags)
+    ops.setattr = { req, ino, attr, valid, fi in
+        replyAttributes(req) { () throws(Errno) in
+            try fs(req).setattr(FuseInode(ino), AttributeChanges(attr!.pointee, valid: valid), handle: handle(fi))
+        }
+    }
+    ops.readlink = { req, ino in
+        let buffer = ReplyBuffer.current.buffer(Int(PATH_MAX) + 1).bindMemory(to: CChar.self)
+        do throws(Errno) {
+            try fs(req).readlink(FuseInode(ino), into: buffer)
+            fuse_reply_readlink(req, buffer.baseAddress)
+        } catch {
+            fuse_reply_err(req, error.rawValue)
+        }
+    }
+    ops.mknod = { req, parent, name, mode, device in
+        replyEntry(req) { () throws(Errno) in
+            try fs(req).mknod(parent: FuseInode(parent), name: name!, mode: mode, device: device, caller: FuseCaller(req))
+        }
+    }
+    ops.mkdir = { req, parent, name, mode in
+        replyEntry(req) { () throws(Errno) in
+            try fs(req).mkdir(parent: FuseInode(parent), name: name!, mode: mode, caller: FuseCaller(req))
+        }
+    }
+    ops.unlink = { req, parent, name in
+        replyError(req) { () throws(Errno) in try fs(req).unlink(parent: FuseInode(parent), name: name!) }
+    }
+    ops.rmdir = { req, parent, name in
+        replyError(req) { () throws(Errno) in try fs(req).rmdir(parent: FuseInode(parent), name: name!) }
+    }
+    ops.symlink = { req, target, parent, name in
+        replyEntry(req) { () throws(Errno) in
+            try fs(req).symlink(target: target!, parent: FuseInode(parent), name: name!, caller: FuseCaller(req))
+        }
+    }
+    ops.rename = { req, parent, name, newParent, newName, flags in
+        replyError(req) { () throws(Errno) in
+            try fs(req).rename(parent: FuseInode(parent), name: name!, newParent: FuseInode(newParent), newName: newName!, flags: UInt32(flags))
+        }
+    }
+    ops.link = { req, ino, newParent, newName in
+        replyEntry(req) { () throws(Errno) in
+            try fs(req).link(FuseInode(ino), newParent: FuseInode(newParent), newName: newName!)
+        }
+    }
+    ops.open = { req, ino, fi in
+        do throws(Errno) {
+            let result = try fs(req).open(FuseInode(ino), flags: fi!.pointee.flags)
             apply(result, to: fi!)
+            if fuse_reply_open(req, fi) == -ENOENT {
+                // The opener was interrupted: nobody will release this handle.
+                fs(req).release(FuseInode(ino), handle: result.handle)
+            }
+        } catch {
+            fuse_reply_err(req, error.rawValue)
         }
     }
-    ops.create = { p, mode, fi in
-        call { () throws(Errno) in
-            let result = try fs().create(FusePath(cString: p!), mode: mode, flags: fi!.pointee.flags)
+    ops.create = { req, parent, name, mode, fi in
+        let box = box(req)
+        do throws(Errno) {
+            let (entry, result) = try box.fileSystem.create(parent: FuseInode(parent), name: name!, mode: mode,
+                                                             flags: fi!.pointee.flags, caller: FuseCaller(req))
             apply(result, to: fi!)
+            var parameters = entry.parameters(box.settings)
+            if fuse_reply_create(req, &parameters, fi) == -ENOENT {
+                box.fileSystem.release(entry.inode, handle: result.handle)
+                box.fileSystem.forget(entry.inode, lookups: 1)
+            }
+        } catch {
+            fuse_reply_err(req, error.rawValue)
         }
     }
-    ops.read = { p, buf, size, offset, fi in
+    ops.read = { req, ino, size, offset, fi in
+        let buffer = ReplyBuffer.current.buffer(size)
         do throws(Errno) {
-            return Int32(try fs().read(path(p), handle: fi!.pointee.fh,
-                                       into: UnsafeMutableRawBufferPointer(start: buf, count: size), offset: Int64(offset)))
-        } catch { return -error.rawValue }
-    }
-    ops.write = { p, buf, size, offset, fi in
-        do throws(Errno) {
-            return Int32(try fs().write(path(p), handle: fi!.pointee.fh,
-                                        from: UnsafeRawBufferPointer(start: buf, count: size), offset: Int64(offset)))
-        } catch { return -error.rawValue }
-    }
-    ops.statfs = { p, st in call { () throws(Errno) in st!.pointee = try fs().statfs(FusePath(cString: p!)) } }
-    ops.flush = { p, fi in call { () throws(Errno) in try fs().flush(path(p), handle: fi!.pointee.fh) } }
-    ops.release = { p, fi in fs().release(path(p), handle: fi!.pointee.fh); return 0 }
-    ops.fsync = { p, datasync, fi in
-        call { () throws(Errno) in try fs().fsync(path(p), handle: fi!.pointee.fh, dataOnly: datasync != 0) }
-    }
-    ops.setxattr = { p, name, value, size, flags in
-        call { () throws(Errno) in
-            try fs().setxattr(FusePath(cString: p!), name: name!, value: UnsafeRawBufferPointer(start: value, count: size), flags: flags)
+            let n = try fs(req).read(FuseInode(ino), handle: fi!.pointee.fh, into: buffer, offset: Int64(offset))
+            fuse_reply_buf(req, buffer.baseAddress!.assumingMemoryBound(to: CChar.self), n)
+        } catch {
+            fuse_reply_err(req, error.rawValue)
         }
     }
-    ops.getxattr = { p, name, value, size in
+    ops.write = { req, ino, buf, size, offset, fi in
         do throws(Errno) {
-            return Int32(try fs().getxattr(FusePath(cString: p!), name: name!,
-                                           into: UnsafeMutableRawBufferPointer(start: value, count: size)))
-        } catch { return -error.rawValue }
-    }
-    ops.listxattr = { p, list, size in
-        do throws(Errno) {
-            return Int32(try fs().listxattr(FusePath(cString: p!), into: UnsafeMutableRawBufferPointer(start: list, count: size)))
-        } catch { return -error.rawValue }
-    }
-    ops.removexattr = { p, name in call { () throws(Errno) in try fs().removexattr(FusePath(cString: p!), name: name!) } }
-    ops.opendir = { p, fi in call { () throws(Errno) in fi!.pointee.fh = try fs().opendir(FusePath(cString: p!)) } }
-    ops.readdir = { p, buf, filler, _, fi, _ in
-        call { () throws(Errno) in
-            try fs().readdir(path(p), handle: fi!.pointee.fh, filler: DirectoryFiller(buffer: buf, filler: filler!))
+            let n = try fs(req).write(FuseInode(ino), handle: fi!.pointee.fh,
+                                      from: UnsafeRawBufferPointer(start: buf, count: size), offset: Int64(offset))
+            fuse_reply_write(req, n)
+        } catch {
+            fuse_reply_err(req, error.rawValue)
         }
     }
-    ops.releasedir = { p, fi in fs().releasedir(path(p), handle: fi!.pointee.fh); return 0 }
-    ops.fsyncdir = { p, datasync, fi in
-        call { () throws(Errno) in try fs().fsyncdir(path(p), handle: fi!.pointee.fh, dataOnly: datasync != 0) }
+    ops.flush = { req, ino, fi in
+        replyError(req) { () throws(Errno) in try fs(req).flush(FuseInode(ino), handle: fi!.pointee.fh) }
     }
-    ops.access = { p, mask in call { () throws(Errno) in try fs().access(FusePath(cString: p!), mask: mask) } }
-    ops.utimens = { p, tv, fi in call { () throws(Errno) in try fs().utimens(path(p), times: tv, handle: handle(fi)) } }
-    ops.fallocate = { p, mode, offset, length, fi in
-        call { () throws(Errno) in
-            try fs().fallocate(path(p), mode: mode, offset: Int64(offset), length: Int64(length), handle: fi!.pointee.fh)
+    ops.release = { req, ino, fi in
+        fs(req).release(FuseInode(ino), handle: fi!.pointee.fh)
+        fuse_reply_err(req, 0)
+    }
+    ops.fsync = { req, ino, datasync, fi in
+        replyError(req) { () throws(Errno) in try fs(req).fsync(FuseInode(ino), handle: fi!.pointee.fh, dataOnly: datasync != 0) }
+    }
+    ops.opendir = { req, ino, fi in
+        do throws(Errno) {
+            fi!.pointee.fh = try fs(req).opendir(FuseInode(ino))
+            if fuse_reply_open(req, fi) == -ENOENT { fs(req).releasedir(FuseInode(ino), handle: fi!.pointee.fh) }
+        } catch {
+            fuse_reply_err(req, error.rawValue)
+        }
+    }
+    ops.readdir = { req, ino, size, offset, fi in readDirectory(req, ino, size, offset, fi, plus: false) }
+    ops.readdirplus = { req, ino, size, offset, fi in readDirectory(req, ino, size, offset, fi, plus: true) }
+    ops.releasedir = { req, ino, fi in
+        fs(req).releasedir(FuseInode(ino), handle: fi!.pointee.fh)
+        fuse_reply_err(req, 0)
+    }
+    ops.fsyncdir = { req, ino, datasync, fi in
+        replyError(req) { () throws(Errno) in try fs(req).fsyncdir(FuseInode(ino), handle: fi!.pointee.fh, dataOnly: datasync != 0) }
+    }
+    ops.statfs = { req, ino in
+        do throws(Errno) {
+            var st = try fs(req).statfs(FuseInode(ino))
+            fuse_reply_statfs(req, &st)
+        } catch {
+            fuse_reply_err(req, error.rawValue)
+        }
+    }
+    ops.setxattr = { req, ino, name, value, size, flags in
+        replyError(req) { () throws(Errno) in
+            try fs(req).setxattr(FuseInode(ino), name: name!, value: UnsafeRawBufferPointer(start: value, count: size), flags: flags)
+        }
+    }
+    ops.getxattr = { req, ino, name, size in
+        replySized(req, size: size) { buffer throws(Errno) in try fs(req).getxattr(FuseInode(ino), name: name!, into: buffer) }
+    }
+    ops.listxattr = { req, ino, size in
+        replySized(req, size: size) { buffer throws(Errno) in try fs(req).listxattr(FuseInode(ino), into: buffer) }
+    }
+    ops.removexattr = { req, ino, name in
+        replyError(req) { () throws(Errno) in try fs(req).removexattr(FuseInode(ino), name: name!) }
+    }
+    ops.access = { req, ino, mask in
+        replyError(req) { () throws(Errno) in try fs(req).access(FuseInode(ino), mask: mask) }
+    }
+    ops.fallocate = { req, ino, mode, offset, length, fi in
+        replyError(req) { () throws(Errno) in
+            try fs(req).fallocate(FuseInode(ino), handle: fi!.pointee.fh, mode: mode, offset: Int64(offset), length: Int64(length))
         }
     }
     return ops
 }
 
-private func apply(_ result: OpenResult, to fi: UnsafeMutablePointer<fuse_file_info>) {
-    fi.pointee.fh = result.handle
-    fi.pointee.direct_io = result.directIO ? 1 : 0
-    fi.pointee.keep_cache = result.keepCache ? 1 : 0
+/// Per-thread memory for replies (read data, directory listings, attribute values): one allocation per worker
+/// thread, grown on demand, wiped when it grows or the thread ends (read replies carry plaintext).
+public final class PerThreadBuffer {
+    private let key: pthread_key_t
+
+    private final class Storage {
+        var base: UnsafeMutableRawPointer
+        var capacity: Int
+        init(capacity: Int) {
+            self.capacity = capacity
+            base = UnsafeMutableRawPointer.allocate(byteCount: capacity, alignment: 64)
+        }
+        deinit {
+            memset(base, 0, capacity)
+            base.deallocate()
+        }
+    }
+
+    public init() {
+        var key = pthread_key_t()
+        pthread_key_create(&key) { pointer in
+            guard let pointer else { return }
+            Unmanaged<Storage>.fromOpaque(pointer).release()
+        }
+        self.key = key
+    }
+
+    /// At least `count` bytes for the calling thread; contents are unspecified.
+    @inline(__always)
+    public func buffer(_ count: Int) -> UnsafeMutableRawBufferPointer {
+        let storage: Storage
+        if let existing = pthread_getspecific(key) {
+            storage = Unmanaged<Storage>.fromOpaque(existing).takeUnretainedValue()
+        } else {
+            storage = Storage(capacity: max(count, 64 * 1024))
+            pthread_setspecific(key, Unmanaged.passRetained(storage).toOpaque())
+        }
+        if count > storage.capacity {
+            memset(storage.base, 0, storage.capacity)
+            storage.base.deallocate()
+            storage.capacity = max(count, storage.capacity * 2)
+            storage.base = UnsafeMutableRawPointer.allocate(byteCount: storage.capacity, alignment: 64)
+        }
+        return UnsafeMutableRawBufferPointer(start: storage.base, count: count)
+    }
+}
+
+enum ReplyBuffer {
+    static let current = PerThreadBuffer()
 }

@@ -5,6 +5,10 @@ public enum GNU {
     public static let renameNoReplace: UInt32 = UInt32(CSYSTEM_RENAME_NOREPLACE)
     public static let renameExchange: UInt32 = UInt32(CSYSTEM_RENAME_EXCHANGE)
     public static let fallocKeepSize: Int32 = Int32(CSYSTEM_FALLOC_FL_KEEP_SIZE)
+    /// Open only to name the inode (no I/O); follows it through renames.
+    public static let openPath: Int32 = Int32(CSYSTEM_O_PATH)
+    /// `*at` calls on the fd itself when the path is "".
+    public static let atEmptyPath: Int32 = Int32(CSYSTEM_AT_EMPTY_PATH)
 
     public static func renameat2(_ oldDir: Int32, _ old: UnsafePointer<CChar>, _ newDir: Int32, _ new: UnsafePointer<CChar>, flags: UInt32) -> Int32 {
         CSystem.renameat2(oldDir, old, newDir, new, flags)
@@ -17,16 +21,17 @@ public enum GNU {
 
 /// Extended-attribute calls (`<sys/xattr.h>` is not part of SwiftGlibc).
 public enum ExtendedAttributes {
-    public static func get(path: String, name: String, into buffer: UnsafeMutableRawPointer?, size: Int) -> Int {
-        lgetxattr(path, name, buffer, size)
+    // Path calls follow symbolic links: they are meant for an inode's /proc/self/fd path (see `BackingInode`).
+    public static func get(path: UnsafePointer<CChar>, name: String, into buffer: UnsafeMutableRawPointer?, size: Int) -> Int {
+        getxattr(path, name, buffer, size)
     }
-    public static func set(path: String, name: String, value: UnsafeRawPointer?, size: Int, flags: Int32) -> Int32 {
-        lsetxattr(path, name, value, size, flags)
+    public static func set(path: UnsafePointer<CChar>, name: String, value: UnsafeRawPointer?, size: Int, flags: Int32) -> Int32 {
+        setxattr(path, name, value, size, flags)
     }
-    public static func list(path: String, into buffer: UnsafeMutablePointer<CChar>?, size: Int) -> Int {
-        llistxattr(path, buffer, size)
+    public static func list(path: UnsafePointer<CChar>, into buffer: UnsafeMutablePointer<CChar>?, size: Int) -> Int {
+        listxattr(path, buffer, size)
     }
-    public static func remove(path: String, name: String) -> Int32 { lremovexattr(path, name) }
+    public static func remove(path: UnsafePointer<CChar>, name: String) -> Int32 { removexattr(path, name) }
     public static func get(fd: Int32, name: String, into buffer: UnsafeMutableRawPointer?, size: Int) -> Int {
         fgetxattr(fd, name, buffer, size)
     }

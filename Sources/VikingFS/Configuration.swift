@@ -25,6 +25,8 @@ public struct VikingFSConfiguration {
     /// makes the kernel flush its ctime for an inode libfuse has already forgotten, and the next syncfs()
     /// reports ESTALE (seen with the plain passthrough too). `-o writeback` turns it on for speed.
     public var writebackCache = false
+    /// Directory listings carry attributes (READDIRPLUS), sparing a LOOKUP per listed name.
+    public var readdirPlus = false
     /// Refuse legacy plaintext (`-o no_legacy`): once a tree is sealed, any unsealed file is damage or a plant.
     public var refuseLegacy = false
     public var attributeTimeout: Double = 1.0

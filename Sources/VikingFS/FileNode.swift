@@ -11,14 +11,13 @@ import Glibc
 /// Content is guarded by `lock`: reads share it, writes and truncates hold it alone. Different files never
 /// share a lock, so writers of different files never wait on each other.
 final class FileNode {
-    private(set) var key: NodeKey
     /// The backing file, opened read-write unless the mount or the file forbids it.
     private(set) var fd: Int32
     let writableFD: Bool
     /// The account whose key seals this file (from its path when first opened).
     let account: String
-    /// Relative backing path when first opened, for log lines.
-    var displayPath: String
+    /// The backing root, to name the file in log lines.
+    private let backingRoot: String
     private(set) var kind: FileKind
     private(set) var cipher: NativeFileCipher?
     /// Plaintext size, authoritative while the node is open (nobody else writes the backing dir meanwhile).
@@ -27,16 +26,13 @@ final class FileNode {
     private var ove1Plaintext: [UInt8] = []
     private(set) var ove1Dirty = false
     let lock = ReadWriteLock()
-    /// Guarded by the node table's lock.
-    var openCount = 0
 
-    init(key: NodeKey, fd: Int32, writableFD: Bool, account: String, displayPath: String, kind: FileKind,
+    init(fd: Int32, writableFD: Bool, account: String, backingRoot: String, kind: FileKind,
          cipher: NativeFileCipher?, size: Int64, ove1Plaintext: [UInt8]) {
-        self.key = key
         self.fd = fd
         self.writableFD = writableFD
         self.account = account
-        self.displayPath = displayPath
+        self.backingRoot = backingRoot
         self.kind = kind
         self.cipher = cipher
         self.size = size
@@ -50,8 +46,10 @@ final class FileNode {
 
     /// Loads a node for an opened backing fd: classifies the file and opens its header (native) or its whole
     /// envelope (OVE1). A file that starts with a magic but does not open is tampered (or under another key).
-    static func load(fd: Int32, st: stat, writableFD: Bool, account: String, displayPath: String,
+    static func load(fd: Int32, st: stat, writableFD: Bool, account: String,
                      context: FileSystemContext) throws(Errno) -> FileNode {
+        let root = context.backingPath
+        var displayPath: String { FileNode.relativePath(of: fd, backingRoot: root) ?? "(unlinked file)" }
         let prefix = try preadArray(fd, count: NativeFormat.headerLength, at: 0)
         let kind = FileKind.classify(prefix: prefix, size: Int64(st.st_size))
         switch kind {
@@ -59,14 +57,14 @@ final class FileNode {
             Log.error("\(displayPath): not sealed (no VKFS or OVE1 magic) and no_legacy is set; refusing it (EIO)")
             throw .io
         case .empty, .legacy:
-            return FileNode(key: NodeKey(st), fd: fd, writableFD: writableFD, account: account, displayPath: displayPath,
+            return FileNode(fd: fd, writableFD: writableFD, account: account, backingRoot: root,
                             kind: kind, cipher: nil, size: Int64(st.st_size), ove1Plaintext: [])
         case .native:
             do {
                 let header = try NativeHeader.parse(prefix)
                 let (cipher, _) = try SealedFile.openNative(header, account: account, keyRing: context.keyRing)
                 let size = header.layout.plaintextSize(forBacking: Int64(st.st_size))
-                return FileNode(key: NodeKey(st), fd: fd, writableFD: writableFD, account: account, displayPath: displayPath,
+                return FileNode(fd: fd, writableFD: writableFD, account: account, backingRoot: root,
                                 kind: .native, cipher: cipher, size: size, ove1Plaintext: [])
             } catch {
                 Log.error("\(displayPath): \(error); refusing to open it (EIO)")
@@ -80,7 +78,7 @@ final class FileNode {
             let bytes = try preadArray(fd, count: Int(st.st_size), at: 0)
             do {
                 let opened = try SealedFile.openWhole(bytes, account: account, keyRing: context.keyRing)
-                return FileNode(key: NodeKey(st), fd: fd, writableFD: writableFD, account: account, displayPath: displayPath,
+                return FileNode(fd: fd, writableFD: writableFD, account: account, backingRoot: root,
                                 kind: .ove1, cipher: nil, size: Int64(opened.plaintext.count), ove1Plaintext: opened.plaintext)
             } catch {
                 Log.error("\(displayPath): \(error); refusing to open it (EIO)")
@@ -395,10 +393,12 @@ final class FileNode {
 
     /// Seals dirty OVE1 content to a hidden temporary file beside the file and renames it into place: a crash
     /// leaves the old envelope or the new one. `relativePath` is the file's current backing path.
-    func commitOVE1(context: FileSystemContext) throws(Errno) -> (old: NodeKey, new: NodeKey)? {
-        try lock.withWriteLock { () throws(Errno) -> (old: NodeKey, new: NodeKey)? in
+    /// Returns the attributes of the new backing file, which replaced the old one (now `fd`), or nil when nothing
+    /// was written.
+    func commitOVE1(context: FileSystemContext) throws(Errno) -> stat? {
+        try lock.withWriteLock { () throws(Errno) -> stat? in
             guard kind == .ove1, ove1Dirty else { return nil }
-            guard let relativePath = currentRelativePath(context: context) else {
+            guard let relativePath = FileNode.relativePath(of: fd, backingRoot: backingRoot) else {
                 // Unlinked while open: nothing to write back.
                 ove1Dirty = false
                 return nil
@@ -435,27 +435,25 @@ final class FileNode {
             fstat(tempFD, &replaced)
             close(fd)
             fd = tempFD
-            let old = key
-            key = NodeKey(replaced)
             ove1Dirty = false
-            return (old, key)
+            return replaced
         }
     }
 
-    /// Where the open backing file lives now, relative to the backing root. libfuse hands no path to
-    /// operations on open files (`nullpath_ok`), and renames may have moved the file since it was opened; the
-    /// kernel's view of the descriptor follows renames. Nil when the file has been unlinked.
-    private func currentRelativePath(context: FileSystemContext) -> String? {
+    /// The file's name in log lines: where it lives now, relative to the backing root.
+    var displayPath: String { FileNode.relativePath(of: fd, backingRoot: backingRoot) ?? "(unlinked file)" }
+
+    /// Where an open backing file lives now, relative to the backing root; the kernel's view of the descriptor
+    /// follows renames. Nil when the file has been unlinked (or is outside the root).
+    static func relativePath(of fd: Int32, backingRoot: String) -> String? {
         var buffer = [CChar](repeating: 0, count: Int(PATH_MAX) + 1)
-        let n = readlink("/proc/self/fd/\(fd)", &buffer, buffer.count - 1)
-        guard n > 0 else { return displayPath }
+        let n = withProcPath(fd) { readlink($0, &buffer, buffer.count - 1) }
+        guard n > 0 else { return nil }
         let absolute = String(decoding: buffer[0..<n].map { UInt8(bitPattern: $0) }, as: UTF8.self)
         if absolute.hasSuffix(" (deleted)") { return nil }
-        let root = context.backingPath.hasSuffix("/") ? context.backingPath : context.backingPath + "/"
-        guard absolute.hasPrefix(root) else { return displayPath }
-        let relative = String(absolute.dropFirst(root.count))
-        displayPath = relative
-        return relative
+        let root = backingRoot.hasSuffix("/") ? backingRoot : backingRoot + "/"
+        guard absolute.hasPrefix(root) else { return nil }
+        return String(absolute.dropFirst(root.count))
     }
 
     func sync(dataOnly: Bool) throws(Errno) {

@@ -6,218 +6,173 @@ import VikingKeys
 import Glibc
 #endif
 
-/// Handles given to libfuse as `fh`: a retained object's address.
-class Handle {}
+/// A backing inode as the overlay sees it: its key domain, and the state shared by everyone who has it open.
+final class VikingInode: BackingInode {
+    /// The account whose key seals this inode's content and extended attributes (for a directory: also its
+    /// children's). Fixed at first lookup; renames never move an inode between accounts.
+    let account: String
+    /// The key check in the backing root: readable, never writable or removable through the mount.
+    let isKeyCheck: Bool
+    /// Guards `openNode`, `openCount` and `probed`.
+    let state = ReadWriteLock()
+    /// The decrypting state of the file while any handle has it open.
+    var openNode: FileNode?
+    var openCount = 0
+    /// The format of a file that is not open, valid while the backing ctime is unchanged (any write or rename
+    /// changes it), so `ls -l` of a large tree does not open every file twice.
+    var probed: Probe?
 
-final class FileHandle: Handle {
+    struct Probe {
+        let ctime: timespec
+        let kind: FileKind
+        let shift: UInt8
+    }
+
+    init(fd: Int32, st: stat, account: String, isKeyCheck: Bool) {
+        self.account = account
+        self.isKeyCheck = isKeyCheck
+        super.init(fd: fd, st: st)
+    }
+}
+
+/// Handles given to the kernel as `fh`: a retained object's address.
+final class FileHandle {
+    let inode: VikingInode
     let node: FileNode
     let writable: Bool
-    init(node: FileNode, writable: Bool) {
+    init(inode: VikingInode, node: FileNode, writable: Bool) {
+        self.inode = inode
         self.node = node
         self.writable = writable
     }
 }
 
-final class DirectoryHandle: Handle {
-    let directory: OpaquePointer
-    let isRoot: Bool
-    init(directory: OpaquePointer, isRoot: Bool) {
-        self.directory = directory
-        self.isRoot = isRoot
-    }
-    deinit { closedir(directory) }
+@inline(__always)
+private func object<T: AnyObject>(_ raw: UInt64, as type: T.Type) throws(Errno) -> T {
+    guard let pointer = UnsafeRawPointer(bitPattern: UInt(raw)) else { throw .badFile }
+    return Unmanaged<T>.fromOpaque(pointer).takeUnretainedValue()
 }
 
 @inline(__always)
-private func handleObject(_ raw: UInt64) -> Handle? {
-    guard let pointer = UnsafeRawPointer(bitPattern: UInt(raw)) else { return nil }
-    return Unmanaged<Handle>.fromOpaque(pointer).takeUnretainedValue()
-}
-
-@inline(__always)
-private func retain(_ handle: Handle) -> UInt64 {
-    UInt64(UInt(bitPattern: Unmanaged.passRetained(handle).toOpaque()))
+private func retained(_ object: AnyObject) -> UInt64 {
+    UInt64(UInt(bitPattern: Unmanaged.passRetained(object).toOpaque()))
 }
 
 /// The encrypted overlay: every account's subtree sealed under its own key, legacy plaintext read-only,
 /// names, sizes and the tree's shape passed through. See docs/format.md and docs/threat-model.md.
+///
+/// Served through libfuse's low-level API: every inode the kernel knows is a `VikingInode` holding an `O_PATH`
+/// descriptor of the backing inode, so requests need no path resolution and an inode stays reachable after
+/// unlink or rename for as long as the kernel holds it.
 public final class VikingFileSystem: FuseFileSystem {
     let context: FileSystemContext
+    private let inodes: InodeTable<VikingInode>
     private let writebackCache: Bool
+    private let readdirPlus: Bool
     private let attributeTimeout: Double
     private let entryTimeout: Double
-
-    private var nodes: [NodeKey: FileNode] = [:]
-    private let nodesLock = ReadWriteLock()
-    private let probes = ProbeCache()
+    private var settings = FuseInitSettings()
 
     public init(configuration: VikingFSConfiguration) throws(Errno) {
         let fd = Glibc.open(configuration.backingPath, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
         guard fd >= 0 else { throw .current }
+        var st = stat()
+        guard fstat(fd, &st) == 0 else { let e = Errno.current; close(fd); throw e }
         context = FileSystemContext(rootFD: fd, configuration: configuration)
+        inodes = InodeTable(root: VikingInode(fd: fd, st: st, account: Account.system, isKeyCheck: false))
         writebackCache = configuration.writebackCache && !configuration.readOnly
+        readdirPlus = configuration.readdirPlus
         attributeTimeout = configuration.attributeTimeout
         entryTimeout = configuration.entryTimeout
     }
 
     public func initialize(settings: inout FuseInitSettings) {
         settings.writebackCache = writebackCache
+        settings.readdirPlus = readdirPlus
         settings.attributeTimeout = attributeTimeout
         settings.entryTimeout = entryTimeout
-        settings.useInodeNumbers = true
-        settings.hardRemove = true
-        settings.nullPathOK = true
+        self.settings = settings
     }
 
-    public func destroy() {
-        // Dirty OVE1 contents are committed on flush/release; nothing is buffered beyond that.
-        close(context.rootFD)
-    }
+    /// Backing inodes the kernel currently holds (each with one descriptor).
+    public var knownInodes: Int { inodes.count }
 
     // MARK: Names and accounts
 
-    /// The account whose key seals `path`; a single component is an account only when it is a directory.
-    private func account(of path: FusePath, isDirectory: Bool) -> String {
-        let relative = path.relativeString
-        if !relative.contains("/") { return isDirectory ? Account.of(path: relative) : Account.system }
-        return Account.of(path: relative)
+    /// The account of `name` in `parent`: a directory directly in the root is its own account (when the name is a
+    /// valid account ID); anything else belongs to its parent's account, and files in the root to `_system`.
+    private func account(in parent: VikingInode, name: UnsafePointer<CChar>, isDirectory: Bool) -> String {
+        guard parent === inodes.root else { return parent.account }
+        return isDirectory ? Account.of(path: String(cString: name)) : Account.system
     }
 
-    private func isKeyCheck(_ path: FusePath) -> Bool {
-        strcmp(path.cString, "/" + KeyCheck.fileName) == 0
+    private func isKeyCheck(_ parent: VikingInode, _ name: UnsafePointer<CChar>) -> Bool {
+        parent === inodes.root && strcmp(name, KeyCheck.fileName) == 0
     }
 
-    /// True when the last component is one of our temporary names, which the mount never shows.
-    private func isHidden(_ path: FusePath) -> Bool {
-        let c = path.cString
-        var last = c
-        var p = c
-        while p.pointee != 0 {
-            if p.pointee == 0x2f { last = p + 1 }
-            p += 1
-        }
-        return strncmp(last, TemporaryName.prefix, TemporaryName.prefix.utf8.count) == 0
-    }
-
-    private func requireVisible(_ path: FusePath) throws(Errno) {
-        if isHidden(path) { throw .noEntry }
+    /// Our temporary names (OVE1 write-backs, the rotation journal), which the mount never shows.
+    private func isHidden(_ name: UnsafePointer<CChar>) -> Bool {
+        strncmp(name, TemporaryName.prefix, TemporaryName.prefix.utf8.count) == 0
     }
 
     private func requireWritable() throws(Errno) {
         if context.readOnly { throw .readOnlyFileSystem }
     }
 
-    private func lstatBacking(_ path: FusePath) throws(Errno) -> stat {
-        var st = stat()
-        _ = try syscallRetrying { fstatat(context.rootFD, path.relative, &st, AT_SYMLINK_NOFOLLOW) }
-        return st
-    }
-
-    private func chownToCaller(_ path: FusePath) {
+    private func chownToCaller(_ parent: VikingInode, _ name: UnsafePointer<CChar>, _ caller: FuseCaller) {
         guard geteuid() == 0 else { return }
-        let caller = FuseCaller.current
-        _ = fchownat(context.rootFD, path.relative, caller.uid, caller.gid, AT_SYMLINK_NOFOLLOW)
+        _ = fchownat(parent.fd, name, caller.uid, caller.gid, AT_SYMLINK_NOFOLLOW)
     }
 
-    // MARK: Nodes
+    private func node(_ inode: FuseInode) -> VikingInode { inodes.node(inode) }
 
-    /// Opens (or joins) the node of a backing regular file.
-    private func acquireNode(_ path: FusePath) throws(Errno) -> FileNode {
-        var fd = openat(context.rootFD, path.relative, (context.readOnly ? O_RDONLY : O_RDWR) | O_CLOEXEC | O_NOFOLLOW)
-        var writableFD = !context.readOnly
-        if fd < 0 && (errno == EACCES || errno == EROFS || errno == ETXTBSY || errno == EPERM) && !context.readOnly {
-            fd = openat(context.rootFD, path.relative, O_RDONLY | O_CLOEXEC | O_NOFOLLOW)
-            writableFD = false
+    /// Looks `name` up on the backing file system and counts one kernel lookup of it.
+    private func entry(_ parent: VikingInode, _ name: UnsafePointer<CChar>) throws(Errno) -> FuseEntry {
+        let (inode, st) = try inodes.lookup(in: parent, name: name) { fd, st throws(Errno) in
+            VikingInode(fd: fd, st: st, account: account(in: parent, name: name, isDirectory: (st.st_mode & S_IFMT) == S_IFDIR),
+                        isKeyCheck: isKeyCheck(parent, name))
         }
-        guard fd >= 0 else {
-            if errno == ELOOP { throw .invalid }
-            throw .current
-        }
-        var st = stat()
-        guard fstat(fd, &st) == 0 else { let e = Errno.current; close(fd); throw e }
-        guard (st.st_mode & S_IFMT) == S_IFREG else { close(fd); throw (st.st_mode & S_IFMT) == S_IFDIR ? .isDirectory : .invalid }
-        let key = NodeKey(st)
-        if let existing = joinExisting(key) { close(fd); return existing }
-        let loaded: FileNode
-        do {
-            loaded = try FileNode.load(fd: fd, st: st, writableFD: writableFD, account: Account.ofFile(path: path.relativeString),
-                                       displayPath: path.relativeString, context: context)
-        } catch {
-            close(fd)
-            throw error
-        }
-        return insert(loaded)
+        return FuseEntry(inode: inodes.fuseInode(inode), attributes: presentedAttributes(inode, st))
     }
 
-    private func joinExisting(_ key: NodeKey) -> FileNode? {
-        nodesLock.withWriteLock {
-            guard let node = nodes[key] else { return nil }
-            node.openCount += 1
-            return node
-        }
+    // MARK: Lookups and attributes
+
+    public func lookup(parent: FuseInode, name: UnsafePointer<CChar>) throws(Errno) -> FuseEntry {
+        if isHidden(name) { throw .noEntry }
+        return try entry(node(parent), name)
     }
 
-    /// Inserts a freshly loaded node, or joins one another thread inserted meanwhile (ours is then dropped).
-    private func insert(_ node: FileNode) -> FileNode {
-        nodesLock.withWriteLock {
-            if let raced = nodes[node.key] {
-                raced.openCount += 1
-                return raced
-            }
-            node.openCount = 1
-            nodes[node.key] = node
-            return node
-        }
+    public func forget(_ inode: FuseInode, lookups: UInt64) {
+        inodes.forget(inode, lookups: lookups)
     }
 
-    private func releaseNode(_ node: FileNode) {
-        nodesLock.withWriteLock {
-            node.openCount -= 1
-            if node.openCount == 0, nodes[node.key] === node { nodes[node.key] = nil }
-        }
-    }
-
-    private func openNodeAttributes(_ st: stat) -> stat? {
-        let node = nodesLock.withReadLock { nodes[NodeKey(st)] }
-        return node?.presentedAttributes(st)
-    }
-
-    private func commit(_ node: FileNode) throws(Errno) {
-        guard node.kind == .ove1, node.ove1Dirty else { return }
-        guard let moved = try node.commitOVE1(context: context) else { return }
-        nodesLock.withWriteLock {
-            if nodes[moved.old] === node {
-                nodes[moved.old] = nil
-                nodes[moved.new] = node
-            }
-        }
-    }
-
-    private func fileHandle(_ raw: UInt64) throws(Errno) -> FileHandle {
-        guard let handle = handleObject(raw) as? FileHandle else { throw .badFile }
-        return handle
-    }
-
-    // MARK: Attributes
-
-    public func getattr(_ path: FusePath?, handle: UInt64?) throws(Errno) -> stat {
-        if let handle, let file = handleObject(handle) as? FileHandle {
+    public func getattr(_ inode: FuseInode, handle: UInt64?) throws(Errno) -> stat {
+        if let handle {
+            let file = try object(handle, as: FileHandle.self)
             var st = stat()
             _ = try syscallRetrying { fstat(file.node.fd, &st) }
             return file.node.presentedAttributes(st)
         }
-        guard let path else { throw .badFile }
-        try requireVisible(path)
-        let st = try lstatBacking(path)
-        guard (st.st_mode & S_IFMT) == S_IFREG else { return st }
-        if let open = openNodeAttributes(st) { return open }
-        return presentedAttributes(of: path, st)
+        let target = node(inode)
+        return presentedAttributes(target, try target.attributes())
     }
 
-    /// Attributes of a file that is not open: the format decides the plaintext size.
-    private func presentedAttributes(of path: FusePath, _ st: stat) -> stat {
+    /// What the mount shows of a backing inode: for regular files the plaintext size, and no write bits on legacy
+    /// (unsealed) files, which are read-only.
+    private func presentedAttributes(_ inode: VikingInode, _ st: stat) -> stat {
+        guard inode.isRegularFile else { return st }
+        let (open, probed) = inode.state.withReadLock { (inode.openNode, inode.probed) }
+        if let open { return open.presentedAttributes(st) }
+        let kind: FileKind
+        let shift: UInt8
+        if st.st_size == 0 {
+            (kind, shift) = (.empty, 0)
+        } else if let probed, probed.ctime.tv_sec == st.st_ctim.tv_sec, probed.ctime.tv_nsec == st.st_ctim.tv_nsec {
+            (kind, shift) = (probed.kind, probed.shift)
+        } else {
+            (kind, shift) = probe(inode, st)
+        }
         var result = st
-        let (kind, shift) = probes.lookup(st) ?? probe(path, st)
         switch kind {
         case .empty: result.st_size = 0
         case .legacy: result.st_mode &= ~mode_t(0o222)
@@ -227,142 +182,105 @@ public final class VikingFileSystem: FuseFileSystem {
         return result
     }
 
-    private func probe(_ path: FusePath, _ st: stat) -> (FileKind, UInt8) {
-        guard st.st_size > 0 else { return (.empty, 0) }
-        let fd = openat(context.rootFD, path.relative, O_RDONLY | O_CLOEXEC | O_NOFOLLOW)
-        guard fd >= 0 else { return (.legacy, 0) }
+    /// Reads the first bytes of a file that is not open to learn its format (and block size).
+    private func probe(_ inode: VikingInode, _ st: stat) -> (FileKind, UInt8) {
+        guard let fd = try? inode.reopen(flags: O_RDONLY | O_CLOEXEC) else { return (.legacy, 0) }
         defer { close(fd) }
         var prefix = [UInt8](repeating: 0, count: 6)
         let n = pread(fd, &prefix, 6, 0)
         let kind = FileKind.classify(prefix: Array(prefix.prefix(max(0, n))), size: Int64(st.st_size))
         var shift = NativeFormat.defaultBlockShift
         if kind == .native && n >= 6 && NativeFormat.blockShiftRange.contains(prefix[5]) { shift = prefix[5] }
-        probes.store(st, kind: kind, shift: shift)
+        inode.state.withWriteLock { inode.probed = VikingInode.Probe(ctime: st.st_ctim, kind: kind, shift: shift) }
         return (kind, shift)
     }
 
-    public func chmod(_ path: FusePath?, mode: mode_t, handle: UInt64?) throws(Errno) {
-        try requireWritable()
-        if let handle { let fd = try fileHandle(handle).node.fd; _ = try syscallRetrying { fchmod(fd, mode) }; return }
-        guard let path else { throw .badFile }
-        try requireVisible(path)
-        _ = try syscallRetrying { fchmodat(context.rootFD, path.relative, mode, 0) }
-    }
-
-    public func chown(_ path: FusePath?, uid: uid_t, gid: gid_t, handle: UInt64?) throws(Errno) {
-        try requireWritable()
-        if let handle { let fd = try fileHandle(handle).node.fd; _ = try syscallRetrying { fchown(fd, uid, gid) }; return }
-        guard let path else { throw .badFile }
-        try requireVisible(path)
-        _ = try syscallRetrying { fchownat(context.rootFD, path.relative, uid, gid, AT_SYMLINK_NOFOLLOW) }
-    }
-
-    public func utimens(_ path: FusePath?, times: UnsafePointer<timespec>?, handle: UInt64?) throws(Errno) {
-        try requireWritable()
-        if let handle { let fd = try fileHandle(handle).node.fd; _ = try syscallRetrying { futimens(fd, times) }; return }
-        guard let path else { throw .badFile }
-        try requireVisible(path)
-        _ = try syscallRetrying { utimensat(context.rootFD, path.relative, times, AT_SYMLINK_NOFOLLOW) }
-    }
-
-    public func truncate(_ path: FusePath?, size: Int64, handle: UInt64?) throws(Errno) {
-        try requireWritable()
-        if let handle {
-            try fileHandle(handle).node.truncate(to: size, context: context)
-            return
+    public func setattr(_ inode: FuseInode, _ changes: AttributeChanges, handle: UInt64?) throws(Errno) -> stat {
+        let target = node(inode)
+        let file = try handle.map { raw throws(Errno) in try object(raw, as: FileHandle.self) }
+        let changesSomething = changes.mode != nil || changes.uid != nil || changes.gid != nil || changes.size != nil || changes.times != nil
+        if changesSomething { try requireWritable() }
+        try target.apply(changes, openFD: file?.node.fd)
+        if let size = changes.size {
+            if let file {
+                try file.node.truncate(to: size, context: context)
+            } else {
+                if target.isKeyCheck { throw .readOnlyFileSystem }
+                guard target.isRegularFile else { throw target.isDirectory ? .isDirectory : .invalid }
+                let opened = try acquire(target)
+                defer { release(target, opened) }
+                if opened.kind == .legacy { throw .readOnlyFileSystem }
+                try opened.truncate(to: size, context: context)
+                try commit(target, opened)
+            }
         }
-        guard let path else { throw .badFile }
-        try requireVisible(path)
-        if isKeyCheck(path) { throw .readOnlyFileSystem }
-        let node = try acquireNode(path)
-        defer { releaseNode(node) }
-        try node.truncate(to: size, context: context)
-        try commit(node)
+        return try getattr(inode, handle: handle)
     }
 
-    public func access(_ path: FusePath, mask: Int32) throws(Errno) {
-        try requireVisible(path)
-        let st = try lstatBacking(path)
+    public func access(_ inode: FuseInode, mask: Int32) throws(Errno) {
+        let target = node(inode)
         if mask & W_OK != 0 {
             if context.readOnly { throw .readOnlyFileSystem }
-            if (st.st_mode & S_IFMT) == S_IFREG && presentedAttributes(of: path, st).st_mode & 0o222 == 0 && st.st_mode & 0o222 != 0 {
+            let st = try target.attributes()
+            if target.isRegularFile && presentedAttributes(target, st).st_mode & 0o222 == 0 && st.st_mode & 0o222 != 0 {
                 throw .readOnlyFileSystem
             }
         }
     }
 
-    public func statfs(_ path: FusePath) throws(Errno) -> statvfs {
+    public func statfs(_ inode: FuseInode) throws(Errno) -> statvfs {
         var st = statvfs()
         _ = try syscallRetrying { fstatvfs(context.rootFD, &st) }
         return st
     }
 
-    // MARK: Files
+    // MARK: Open files
 
-    public func open(_ path: FusePath, flags: Int32) throws(Errno) -> OpenResult {
-        try requireVisible(path)
-        let wantsWrite = flags & O_ACCMODE != O_RDONLY || flags & O_TRUNC != 0
-        if wantsWrite {
-            try requireWritable()
-            if isKeyCheck(path) { throw .readOnlyFileSystem }
-        }
-        let node = try acquireNode(path)
-        do throws(Errno) {
-            if wantsWrite && node.kind == .legacy { throw Errno.readOnlyFileSystem }
-            if flags & O_TRUNC != 0 {
-                try node.truncate(to: 0, context: context)
+    /// Opens (or joins) the decrypting state of a backing regular file.
+    private func acquire(_ inode: VikingInode) throws(Errno) -> FileNode {
+        try inode.state.withWriteLock { () throws(Errno) -> FileNode in
+            if let open = inode.openNode {
+                inode.openCount += 1
+                return open
             }
-        } catch {
-            releaseNode(node)
-            throw error
+            var writableFD = !context.readOnly
+            var fd: Int32 = -1
+            if writableFD {
+                do throws(Errno) { fd = try inode.reopen(flags: O_RDWR | O_CLOEXEC) } catch {
+                    guard [Errno(EACCES), .readOnlyFileSystem, Errno(ETXTBSY), .permissionDenied].contains(error) else { throw error }
+                    writableFD = false
+                }
+            }
+            if fd < 0 { fd = try inode.reopen(flags: O_RDONLY | O_CLOEXEC) }
+            var st = stat()
+            guard fstat(fd, &st) == 0 else { let e = Errno.current; close(fd); throw e }
+            let loaded: FileNode
+            do throws(Errno) {
+                loaded = try FileNode.load(fd: fd, st: st, writableFD: writableFD, account: inode.account, context: context)
+            } catch {
+                close(fd)
+                throw error
+            }
+            inode.openNode = loaded
+            inode.openCount = 1
+            return loaded
         }
-        return openResult(FileHandle(node: node, writable: wantsWrite))
     }
 
-    public func create(_ path: FusePath, mode: mode_t, flags: Int32) throws(Errno) -> OpenResult {
-        try requireWritable()
-        if isHidden(path) || isKeyCheck(path) { throw .permissionDenied }
-        let fd = try syscallRetrying {
-            openat(context.rootFD, path.relative, O_CREAT | O_RDWR | O_CLOEXEC | O_NOFOLLOW | (flags & O_EXCL), mode)
+    private func release(_ inode: VikingInode, _ node: FileNode) {
+        inode.state.withWriteLock {
+            inode.openCount -= 1
+            if inode.openCount == 0, inode.openNode === node { inode.openNode = nil }
         }
-        if geteuid() == 0 {
-            let caller = FuseCaller.current
-            _ = fchown(fd, caller.uid, caller.gid)
-        }
-        var st = stat()
-        guard fstat(fd, &st) == 0 else { let e = Errno.current; close(fd); throw e }
-        if st.st_size > 0 {
-            // Lost a race with another creator: it exists now, so this is an open.
-            close(fd)
-            return try open(path, flags: flags & ~(O_CREAT | O_EXCL))
-        }
-        let account = Account.ofFile(path: path.relativeString)
-        let node: FileNode
-        do throws(Errno) {
-            switch context.newFileFormat {
-            case .native:
-                let cipher = try context.createNativeCipher(account: account)
-                try pwriteArray(fd, cipher.header.serialized(), at: 0)
-                node = FileNode(key: NodeKey(st), fd: fd, writableFD: true, account: account, displayPath: path.relativeString,
-                                kind: .native, cipher: cipher, size: 0, ove1Plaintext: [])
-            case .ove1:
-                let envelope: [UInt8]
-                do {
-                    envelope = try SealedFile.sealWhole([], kind: .ove1, account: account, keyRing: context.keyRing)
-                } catch {
-                    Log.error("\(path.relativeString): cannot seal: \(error)")
-                    throw Errno.io
-                }
-                try pwriteArray(fd, envelope, at: 0)
-                node = FileNode(key: NodeKey(st), fd: fd, writableFD: true, account: account, displayPath: path.relativeString,
-                                kind: .ove1, cipher: nil, size: 0, ove1Plaintext: [])
-            }
-        } catch {
-            close(fd)
-            unlinkat(context.rootFD, path.relative, 0)
-            throw error
-        }
-        return openResult(FileHandle(node: insert(node), writable: true))
+    }
+
+    /// Writes dirty OVE1 content back; the envelope is a new backing file renamed over the old one, which the
+    /// inode then follows.
+    private func commit(_ inode: VikingInode, _ node: FileNode) throws(Errno) {
+        guard node.kind == .ove1, node.ove1Dirty else { return }
+        guard let replaced = try node.commitOVE1(context: context) else { return }
+        let pathFD = withProcPath(node.fd) { Glibc.open($0, GNU.openPath | O_CLOEXEC) }
+        if pathFD >= 0 { inodes.replaceBackingInode(of: inode, fd: pathFD, st: replaced) }
     }
 
     /// OVE1 files bypass the page cache: their size limit (EFBIG) and write-back errors must reach the writing
@@ -370,167 +288,270 @@ public final class VikingFileSystem: FuseFileSystem {
     /// across opens: every write goes through this mount, so cached pages stay valid.
     private func openResult(_ file: FileHandle) -> OpenResult {
         let ove1 = file.node.kind == .ove1 || (file.node.kind == .empty && context.newFileFormat == .ove1)
-        return OpenResult(handle: retain(file), directIO: ove1, keepCache: !ove1)
+        return OpenResult(handle: retained(file), directIO: ove1, keepCache: !ove1)
     }
 
-    public func read(_ path: FusePath?, handle: UInt64, into buffer: UnsafeMutableRawBufferPointer, offset: Int64) throws(Errno) -> Int {
-        try fileHandle(handle).node.read(into: buffer, offset: offset)
+    public func open(_ inode: FuseInode, flags: Int32) throws(Errno) -> OpenResult {
+        let target = node(inode)
+        guard target.isRegularFile else { throw target.isDirectory ? .isDirectory : .invalid }
+        let wantsWrite = flags & O_ACCMODE != O_RDONLY || flags & O_TRUNC != 0
+        if wantsWrite {
+            try requireWritable()
+            if target.isKeyCheck { throw .readOnlyFileSystem }
+        }
+        let opened = try acquire(target)
+        do throws(Errno) {
+            if wantsWrite && opened.kind == .legacy { throw Errno.readOnlyFileSystem }
+            if flags & O_TRUNC != 0 { try opened.truncate(to: 0, context: context) }
+        } catch {
+            release(target, opened)
+            throw error
+        }
+        return openResult(FileHandle(inode: target, node: opened, writable: wantsWrite))
     }
 
-    public func write(_ path: FusePath?, handle: UInt64, from buffer: UnsafeRawBufferPointer, offset: Int64) throws(Errno) -> Int {
-        try fileHandle(handle).node.write(buffer, offset: offset, context: context)
+    public func create(parent: FuseInode, name: UnsafePointer<CChar>, mode: mode_t, flags: Int32,
+                       caller: FuseCaller) throws(Errno) -> (FuseEntry, OpenResult) {
+        try requireWritable()
+        let directory = node(parent)
+        if isHidden(name) || isKeyCheck(directory, name) { throw .permissionDenied }
+        let fd = try syscallRetrying {
+            openat(directory.fd, name, O_CREAT | O_RDWR | O_CLOEXEC | O_NOFOLLOW | (flags & O_EXCL), mode)
+        }
+        if geteuid() == 0 { _ = fchown(fd, caller.uid, caller.gid) }
+        var st = stat()
+        guard fstat(fd, &st) == 0 else { let e = Errno.current; close(fd); throw e }
+        if st.st_size > 0 {
+            // Lost a race with another creator: it exists now, so this is an open.
+            close(fd)
+            let found = try entry(directory, name)
+            do throws(Errno) {
+                return (found, try open(found.inode, flags: flags & ~(O_CREAT | O_EXCL)))
+            } catch {
+                forget(found.inode, lookups: 1)
+                throw error
+            }
+        }
+        let account = account(in: directory, name: name, isDirectory: false)
+        let fileNode: FileNode
+        do throws(Errno) {
+            fileNode = try sealEmpty(fd: fd, account: account, name: name)
+        } catch {
+            close(fd)
+            unlinkat(directory.fd, name, 0)
+            throw error
+        }
+        let pathFD = withProcPath(fd) { Glibc.open($0, GNU.openPath | O_CLOEXEC) }
+        guard pathFD >= 0 else { throw .current }
+        let inode = try inodes.adopt(fd: pathFD, st: st) { fd, st throws(Errno) in
+            VikingInode(fd: fd, st: st, account: account, isKeyCheck: false)
+        }
+        let shared: FileNode = inode.state.withWriteLock {
+            inode.openCount += 1
+            if let existing = inode.openNode { return existing }
+            inode.openNode = fileNode
+            return fileNode
+        }
+        _ = try? syscallRetrying { fstat(shared.fd, &st) }
+        let entry = FuseEntry(inode: inodes.fuseInode(inode), attributes: shared.presentedAttributes(st))
+        return (entry, openResult(FileHandle(inode: inode, node: shared, writable: true)))
     }
 
-    public func flush(_ path: FusePath?, handle: UInt64) throws(Errno) {
-        let file = try fileHandle(handle)
-        try commit(file.node)
+    /// Gives a newly created (empty) backing file its sealed form: a native header, or an empty OVE1 envelope.
+    private func sealEmpty(fd: Int32, account: String, name: UnsafePointer<CChar>) throws(Errno) -> FileNode {
+        switch context.newFileFormat {
+        case .native:
+            let cipher = try context.createNativeCipher(account: account)
+            try pwriteArray(fd, cipher.header.serialized(), at: 0)
+            return FileNode(fd: fd, writableFD: true, account: account, backingRoot: context.backingPath,
+                            kind: .native, cipher: cipher, size: 0, ove1Plaintext: [])
+        case .ove1:
+            let envelope: [UInt8]
+            do {
+                envelope = try SealedFile.sealWhole([], kind: .ove1, account: account, keyRing: context.keyRing)
+            } catch {
+                Log.error("\(String(cString: name)): cannot seal: \(error)")
+                throw Errno.io
+            }
+            try pwriteArray(fd, envelope, at: 0)
+            return FileNode(fd: fd, writableFD: true, account: account, backingRoot: context.backingPath,
+                            kind: .ove1, cipher: nil, size: 0, ove1Plaintext: [])
+        }
     }
 
-    public func fsync(_ path: FusePath?, handle: UInt64, dataOnly: Bool) throws(Errno) {
-        let file = try fileHandle(handle)
-        try commit(file.node)
+    public func read(_ inode: FuseInode, handle: UInt64, into buffer: UnsafeMutableRawBufferPointer, offset: Int64) throws(Errno) -> Int {
+        try object(handle, as: FileHandle.self).node.read(into: buffer, offset: offset)
+    }
+
+    public func write(_ inode: FuseInode, handle: UInt64, from buffer: UnsafeRawBufferPointer, offset: Int64) throws(Errno) -> Int {
+        try object(handle, as: FileHandle.self).node.write(buffer, offset: offset, context: context)
+    }
+
+    public func flush(_ inode: FuseInode, handle: UInt64) throws(Errno) {
+        let file = try object(handle, as: FileHandle.self)
+        try commit(file.inode, file.node)
+    }
+
+    public func fsync(_ inode: FuseInode, handle: UInt64, dataOnly: Bool) throws(Errno) {
+        let file = try object(handle, as: FileHandle.self)
+        try commit(file.inode, file.node)
         try file.node.sync(dataOnly: dataOnly)
     }
 
-    public func release(_ path: FusePath?, handle: UInt64) {
+    public func release(_ inode: FuseInode, handle: UInt64) {
         guard let pointer = UnsafeRawPointer(bitPattern: UInt(handle)) else { return }
-        guard let file = Unmanaged<Handle>.fromOpaque(pointer).takeRetainedValue() as? FileHandle else { return }
-        do { try commit(file.node) } catch {
+        let file = Unmanaged<FileHandle>.fromOpaque(pointer).takeRetainedValue()
+        do { try commit(file.inode, file.node) } catch {
             Log.error("\(file.node.displayPath): changes could not be written back on close: \(error)")
         }
-        releaseNode(file.node)
+        release(file.inode, file.node)
     }
 
-    public func fallocate(_ path: FusePath?, mode: Int32, offset: Int64, length: Int64, handle: UInt64) throws(Errno) {
+    public func fallocate(_ inode: FuseInode, handle: UInt64, mode: Int32, offset: Int64, length: Int64) throws(Errno) {
         try requireWritable()
         guard mode == 0 else { throw .notSupported }
         guard offset >= 0, length > 0 else { throw .invalid }
-        try fileHandle(handle).node.allocate(offset: offset, length: length, context: context)
+        try object(handle, as: FileHandle.self).node.allocate(offset: offset, length: length, context: context)
     }
 
     // MARK: Directories and names
 
-    public func mkdir(_ path: FusePath, mode: mode_t) throws(Errno) {
+    public func mkdir(parent: FuseInode, name: UnsafePointer<CChar>, mode: mode_t, caller: FuseCaller) throws(Errno) -> FuseEntry {
         try requireWritable()
-        if isHidden(path) { throw .permissionDenied }
-        _ = try syscallRetrying { mkdirat(context.rootFD, path.relative, mode) }
-        chownToCaller(path)
+        let directory = node(parent)
+        if isHidden(name) { throw .permissionDenied }
+        _ = try syscallRetrying { mkdirat(directory.fd, name, mode) }
+        chownToCaller(directory, name, caller)
+        return try entry(directory, name)
     }
 
-    public func mknod(_ path: FusePath, mode: mode_t, device: dev_t) throws(Errno) {
+    public func mknod(parent: FuseInode, name: UnsafePointer<CChar>, mode: mode_t, device: dev_t, caller: FuseCaller) throws(Errno) -> FuseEntry {
         try requireWritable()
-        if isHidden(path) { throw .permissionDenied }
+        let directory = node(parent)
+        if isHidden(name) || isKeyCheck(directory, name) { throw .permissionDenied }
         // Regular files go through create (so they get a header); FIFOs and sockets hold no data.
         guard (mode & S_IFMT) == S_IFIFO || (mode & S_IFMT) == S_IFSOCK else { throw .permissionDenied }
-        _ = try syscallRetrying { mknodat(context.rootFD, path.relative, mode, device) }
-        chownToCaller(path)
+        _ = try syscallRetrying { mknodat(directory.fd, name, mode, device) }
+        chownToCaller(directory, name, caller)
+        return try entry(directory, name)
     }
 
-    public func rmdir(_ path: FusePath) throws(Errno) {
+    public func symlink(target: UnsafePointer<CChar>, parent: FuseInode, name: UnsafePointer<CChar>, caller: FuseCaller) throws(Errno) -> FuseEntry {
         try requireWritable()
-        try requireVisible(path)
-        if unlinkat(context.rootFD, path.relative, AT_REMOVEDIR) == 0 { return }
+        let directory = node(parent)
+        if isHidden(name) || isKeyCheck(directory, name) { throw .permissionDenied }
+        _ = try syscallRetrying { symlinkat(target, directory.fd, name) }
+        chownToCaller(directory, name, caller)
+        return try entry(directory, name)
+    }
+
+    public func readlink(_ inode: FuseInode, into buffer: UnsafeMutableBufferPointer<CChar>) throws(Errno) {
+        try node(inode).readLink(into: buffer)
+    }
+
+    public func rmdir(parent: FuseInode, name: UnsafePointer<CChar>) throws(Errno) {
+        try requireWritable()
+        let directory = node(parent)
+        if isHidden(name) { throw .noEntry }
+        if unlinkat(directory.fd, name, AT_REMOVEDIR) == 0 { return }
         let failure = Errno.current
         // Hidden leftovers of an interrupted write-back would make a directory look non-empty forever.
         guard failure == Errno(ENOTEMPTY) else { throw failure }
-        removeStaleTemporaries(in: path.relative)
-        _ = try syscallRetrying { unlinkat(context.rootFD, path.relative, AT_REMOVEDIR) }
+        removeStaleTemporaries(in: directory, name)
+        _ = try syscallRetrying { unlinkat(directory.fd, name, AT_REMOVEDIR) }
     }
 
-    public func unlink(_ path: FusePath) throws(Errno) {
+    public func unlink(parent: FuseInode, name: UnsafePointer<CChar>) throws(Errno) {
         try requireWritable()
-        try requireVisible(path)
-        if isKeyCheck(path) { throw .permissionDenied }
-        _ = try syscallRetrying { unlinkat(context.rootFD, path.relative, 0) }
+        let directory = node(parent)
+        if isHidden(name) { throw .noEntry }
+        if isKeyCheck(directory, name) { throw .permissionDenied }
+        _ = try syscallRetrying { unlinkat(directory.fd, name, 0) }
     }
 
-    public func symlink(target: FusePath, at path: FusePath) throws(Errno) {
+    private func isDirectory(_ parent: VikingInode, _ name: UnsafePointer<CChar>) throws(Errno) -> Bool {
+        var st = stat()
+        _ = try syscallRetrying { fstatat(parent.fd, name, &st, AT_SYMLINK_NOFOLLOW) }
+        return (st.st_mode & S_IFMT) == S_IFDIR
+    }
+
+    public func rename(parent: FuseInode, name: UnsafePointer<CChar>, newParent: FuseInode, newName: UnsafePointer<CChar>,
+                       flags: UInt32) throws(Errno) {
         try requireWritable()
-        if isHidden(path) || isKeyCheck(path) { throw .permissionDenied }
-        _ = try syscallRetrying { symlinkat(target.cString, context.rootFD, path.relative) }
-        chownToCaller(path)
-    }
-
-    public func readlink(_ path: FusePath, into buffer: UnsafeMutableBufferPointer<CChar>) throws(Errno) {
-        try requireVisible(path)
-        guard buffer.count > 0 else { throw .invalid }
-        let n = try syscallRetrying { readlinkat(context.rootFD, path.relative, buffer.baseAddress!, buffer.count - 1) }
-        buffer[n] = 0
-    }
-
-    public func rename(_ from: FusePath, to: FusePath, flags: UInt32) throws(Errno) {
-        try requireWritable()
-        try requireVisible(from)
-        if isHidden(to) || isKeyCheck(from) || isKeyCheck(to) { throw .permissionDenied }
-        let source = try lstatBacking(from)
-        let sourceIsDirectory = (source.st_mode & S_IFMT) == S_IFDIR
+        let from = node(parent)
+        let to = node(newParent)
+        if isHidden(name) { throw .noEntry }
+        if isHidden(newName) || isKeyCheck(from, name) || isKeyCheck(to, newName) { throw .permissionDenied }
+        let sourceIsDirectory = try isDirectory(from, name)
         // Ciphertext never crosses key domains: mv falls back to copy + delete, which re-seals.
-        guard account(of: from, isDirectory: sourceIsDirectory) == account(of: to, isDirectory: sourceIsDirectory) else {
+        guard account(in: from, name: name, isDirectory: sourceIsDirectory) == account(in: to, name: newName, isDirectory: sourceIsDirectory) else {
             throw .crossDevice
         }
         if flags & GNU.renameExchange != 0 {
-            let target = try lstatBacking(to)
-            let targetIsDirectory = (target.st_mode & S_IFMT) == S_IFDIR
-            guard account(of: to, isDirectory: targetIsDirectory) == account(of: from, isDirectory: targetIsDirectory) else {
+            let targetIsDirectory = try isDirectory(to, newName)
+            guard account(in: to, name: newName, isDirectory: targetIsDirectory) == account(in: from, name: name, isDirectory: targetIsDirectory) else {
                 throw .crossDevice
             }
         }
         if flags == 0 {
-            _ = try syscallRetrying { renameat(context.rootFD, from.relative, context.rootFD, to.relative) }
+            _ = try syscallRetrying { renameat(from.fd, name, to.fd, newName) }
         } else {
-            _ = try syscallRetrying { GNU.renameat2(context.rootFD, from.relative, context.rootFD, to.relative, flags: flags) }
+            _ = try syscallRetrying { GNU.renameat2(from.fd, name, to.fd, newName, flags: flags) }
         }
     }
 
-    public func link(_ from: FusePath, to: FusePath) throws(Errno) {
+    public func link(_ inode: FuseInode, newParent: FuseInode, newName: UnsafePointer<CChar>) throws(Errno) -> FuseEntry {
         try requireWritable()
-        try requireVisible(from)
-        if isHidden(to) || isKeyCheck(from) || isKeyCheck(to) { throw .permissionDenied }
-        guard Account.ofFile(path: from.relativeString) == Account.ofFile(path: to.relativeString) else { throw .crossDevice }
-        _ = try syscallRetrying { linkat(context.rootFD, from.relative, context.rootFD, to.relative, 0) }
+        let source = node(inode)
+        let directory = node(newParent)
+        if source.isKeyCheck || isHidden(newName) || isKeyCheck(directory, newName) { throw .permissionDenied }
+        guard source.account == account(in: directory, name: newName, isDirectory: false) else { throw .crossDevice }
+        try source.link(into: directory, name: newName)
+        return try entry(directory, newName)
     }
 
-    public func opendir(_ path: FusePath) throws(Errno) -> UInt64 {
-        try requireVisible(path)
-        let fd = try syscallRetrying { openat(context.rootFD, path.relative, O_RDONLY | O_DIRECTORY | O_CLOEXEC) }
-        guard let directory = fdopendir(fd) else { let e = Errno.current; close(fd); throw e }
-        return retain(DirectoryHandle(directory: directory, isRoot: path.isRoot))
+    public func opendir(_ inode: FuseInode) throws(Errno) -> UInt64 {
+        retained(try DirectoryStream(node(inode)))
     }
 
-    public func readdir(_ path: FusePath?, handle: UInt64, filler: DirectoryFiller) throws(Errno) {
-        guard let directory = handleObject(handle) as? DirectoryHandle else { throw .badFile }
-        rewinddir(directory.directory)
-        let prefixLength = TemporaryName.prefix.utf8.count
-        let fd = dirfd(directory.directory)
-        while let entry = Glibc.readdir(directory.directory) {
-            let type = mode_t(entry.pointee.d_type) << 12
-            let inode = UInt64(entry.pointee.d_ino)
-            let keepGoing = withUnsafePointer(to: entry.pointee.d_name) { raw in
-                raw.withMemoryRebound(to: CChar.self, capacity: 256) { name -> Bool in
-                    if strncmp(name, TemporaryName.prefix, prefixLength) == 0 {
-                        removeIfStale(directoryFD: fd, name: name)
-                        return true
-                    }
-                    return filler.add(name, inode: inode, type: type)
-                }
+    public func readdir(_ inode: FuseInode, handle: UInt64, offset: Int64, into buffer: inout DirectoryBuffer) throws(Errno) {
+        let stream = try object(handle, as: DirectoryStream.self)
+        let directory = node(inode)
+        let directoryFD = stream.fd
+        try stream.list(from: offset) { name, ino, type, next throws(Errno) -> Bool in
+            if isHidden(name) {
+                removeIfStale(directoryFD: directoryFD, name: name)
+                return true
             }
-            if !keepGoing { break }
+            guard buffer.wantsAttributes, !isDotOrDotDot(name) else {
+                return buffer.add(name, inode: ino, type: type, nextOffset: next)
+            }
+            let found: FuseEntry
+            do throws(Errno) { found = try entry(directory, name) } catch {
+                // Gone since the listing was read: leave it out.
+                if error == .noEntry { return true }
+                throw error
+            }
+            if buffer.add(name, entry: found, settings: settings, nextOffset: next) { return true }
+            forget(found.inode, lookups: 1)
+            return false
         }
     }
 
-    public func releasedir(_ path: FusePath?, handle: UInt64) {
+    public func releasedir(_ inode: FuseInode, handle: UInt64) {
         guard let pointer = UnsafeRawPointer(bitPattern: UInt(handle)) else { return }
-        Unmanaged<Handle>.fromOpaque(pointer).release()
+        Unmanaged<DirectoryStream>.fromOpaque(pointer).release()
     }
 
-    public func fsyncdir(_ path: FusePath?, handle: UInt64, dataOnly: Bool) throws(Errno) {
-        guard let directory = handleObject(handle) as? DirectoryHandle else { throw .badFile }
-        _ = try syscallRetrying { Glibc.fsync(dirfd(directory.directory)) }
+    public func fsyncdir(_ inode: FuseInode, handle: UInt64, dataOnly: Bool) throws(Errno) {
+        let stream = try object(handle, as: DirectoryStream.self)
+        _ = try syscallRetrying { Glibc.fsync(stream.fd) }
     }
 
-    /// Removes temporary files older than this mount: leftovers of a crash during an OVE1 write-back.
-    private func removeStaleTemporaries(in directory: UnsafePointer<CChar>) {
-        let fd = openat(context.rootFD, directory, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+    /// Removes temporary files older than this mount in `name` (a directory in `parent`): leftovers of a crash
+    /// during an OVE1 write-back.
+    private func removeStaleTemporaries(in parent: VikingInode, _ name: UnsafePointer<CChar>) {
+        let fd = openat(parent.fd, name, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
         guard fd >= 0, let dir = fdopendir(fd) else { if fd >= 0 { close(fd) }; return }
         defer { closedir(dir) }
         while let entry = Glibc.readdir(dir) {
@@ -555,49 +576,47 @@ public final class VikingFileSystem: FuseFileSystem {
 
     // MARK: Extended attributes (sealed like content)
 
-    private func xattrAccount(_ path: FusePath) throws(Errno) -> String {
-        let st = try lstatBacking(path)
-        return account(of: path, isDirectory: (st.st_mode & S_IFMT) == S_IFDIR)
-    }
-
-    private func backingPath(_ path: FusePath) -> String {
-        path.isRoot ? context.backingPath : context.backingPath + path.string
-    }
-
-    public func setxattr(_ path: FusePath, name: UnsafePointer<CChar>, value: UnsafeRawBufferPointer, flags: Int32) throws(Errno) {
+    public func setxattr(_ inode: FuseInode, name: UnsafePointer<CChar>, value: UnsafeRawBufferPointer, flags: Int32) throws(Errno) {
         try requireWritable()
-        try requireVisible(path)
+        let target = node(inode)
         let visible = String(cString: name)
         guard let backingName = XattrCodec.backingName(for: visible) else { throw .notSupported }
-        let key = try context.accountKey(try xattrAccount(path))
+        let key = try context.accountKey(target.account)
         let sealed: [UInt8]
         do { sealed = try XattrCodec.seal(value: Array(value), visibleName: visible, accountKey: key) } catch { throw .io }
-        _ = try syscallRetrying { ExtendedAttributes.set(path: backingPath(path), name: backingName, value: sealed, size: sealed.count, flags: flags) }
+        // Symbolic links hold no user attributes on Linux.
+        if target.isSymbolicLink { throw .permissionDenied }
+        _ = try target.withProcPath { path throws(Errno) in
+            try syscallRetrying { ExtendedAttributes.set(path: path, name: backingName, value: sealed, size: sealed.count, flags: flags) }
+        }
     }
 
-    public func getxattr(_ path: FusePath, name: UnsafePointer<CChar>, into buffer: UnsafeMutableRawBufferPointer) throws(Errno) -> Int {
-        try requireVisible(path)
+    public func getxattr(_ inode: FuseInode, name: UnsafePointer<CChar>, into buffer: UnsafeMutableRawBufferPointer) throws(Errno) -> Int {
+        let target = node(inode)
         let visible = String(cString: name)
         // Other namespaces (security.*, system.posix_acl_*) are not supported, and saying so (rather than
         // "no such attribute") lets tools such as ls stop asking for every file.
         guard let backingName = XattrCodec.backingName(for: visible) else { throw .notSupported }
-        let full = backingPath(path)
-        let length = try syscallRetrying { ExtendedAttributes.get(path: full, name: backingName, into: nil, size: 0) }
-        var sealed = [UInt8](repeating: 0, count: length)
-        let got = try syscallRetrying { ExtendedAttributes.get(path: full, name: backingName, into: &sealed, size: length) }
-        sealed.removeLast(length - got)
+        if target.isSymbolicLink { throw .noData }
+        let sealed: [UInt8] = try target.withProcPath { full throws(Errno) -> [UInt8] in
+            let length = try syscallRetrying { ExtendedAttributes.get(path: full, name: backingName, into: nil, size: 0) }
+            var sealed = [UInt8](repeating: 0, count: length)
+            let got = try syscallRetrying { ExtendedAttributes.get(path: full, name: backingName, into: &sealed, size: length) }
+            sealed.removeLast(length - got)
+            return sealed
+        }
         // Every key of the ring, primary first: during a rotation some values are still under the old root key.
-        let account = try xattrAccount(path)
         var opened: [UInt8]? = nil
         for index in context.keyRing.allKeys.indices {
-            guard let key = try? context.keyRing.accountKey(account, keyIndex: index) else { continue }
+            guard let key = try? context.keyRing.accountKey(target.account, keyIndex: index) else { continue }
             if let value = try? XattrCodec.open(sealed: sealed, visibleName: visible, accountKey: key) {
                 opened = value
                 break
             }
         }
         guard let value = opened else {
-            Log.error("\(path.relativeString): extended attribute \(visible) fails authentication (EIO)")
+            let where_ = FileNode.relativePath(of: target.fd, backingRoot: context.backingPath) ?? "(unlinked file)"
+            Log.error("\(where_): extended attribute \(visible) fails authentication (EIO)")
             throw .io
         }
         if buffer.count == 0 { return value.count }
@@ -606,12 +625,15 @@ public final class VikingFileSystem: FuseFileSystem {
         return value.count
     }
 
-    public func listxattr(_ path: FusePath, into buffer: UnsafeMutableRawBufferPointer) throws(Errno) -> Int {
-        try requireVisible(path)
-        let full = backingPath(path)
-        let length = try syscallRetrying { ExtendedAttributes.list(path: full, into: nil, size: 0) }
-        var raw = [CChar](repeating: 0, count: max(length, 1))
-        let got = try syscallRetrying { ExtendedAttributes.list(path: full, into: &raw, size: length) }
+    public func listxattr(_ inode: FuseInode, into buffer: UnsafeMutableRawBufferPointer) throws(Errno) -> Int {
+        let target = node(inode)
+        if target.isSymbolicLink { return 0 }
+        let (raw, got) = try target.withProcPath { full throws(Errno) -> ([CChar], Int) in
+            let length = try syscallRetrying { ExtendedAttributes.list(path: full, into: nil, size: 0) }
+            var raw = [CChar](repeating: 0, count: max(length, 1))
+            let got = try syscallRetrying { ExtendedAttributes.list(path: full, into: &raw, size: length) }
+            return (raw, got)
+        }
         var visible: [UInt8] = []
         var start = 0
         while start < got {
@@ -625,38 +647,18 @@ public final class VikingFileSystem: FuseFileSystem {
         return visible.count
     }
 
-    public func removexattr(_ path: FusePath, name: UnsafePointer<CChar>) throws(Errno) {
+    public func removexattr(_ inode: FuseInode, name: UnsafePointer<CChar>) throws(Errno) {
         try requireWritable()
-        try requireVisible(path)
+        let target = node(inode)
         guard let backingName = XattrCodec.backingName(for: String(cString: name)) else { throw .notSupported }
-        _ = try syscallRetrying { ExtendedAttributes.remove(path: backingPath(path), name: backingName) }
+        if target.isSymbolicLink { throw .noData }
+        _ = try target.withProcPath { path throws(Errno) in
+            try syscallRetrying { ExtendedAttributes.remove(path: path, name: backingName) }
+        }
     }
 }
 
-/// Remembers the format of files that are not open, so `ls -l` of a large tree does not open every file.
-/// An entry is valid while the inode's ctime is unchanged; any write or rename updates ctime.
-final class ProbeCache {
-    private struct Entry {
-        let ctimeSeconds: Int
-        let ctimeNanoseconds: Int
-        let kind: FileKind
-        let shift: UInt8
-    }
-    private var entries: [NodeKey: Entry] = [:]
-    private let lock = ReadWriteLock()
-    private let capacity = 200_000
-
-    func lookup(_ st: stat) -> (FileKind, UInt8)? {
-        if st.st_size == 0 { return (.empty, 0) }
-        let entry = lock.withReadLock { entries[NodeKey(st)] }
-        guard let entry, entry.ctimeSeconds == st.st_ctim.tv_sec, entry.ctimeNanoseconds == st.st_ctim.tv_nsec else { return nil }
-        return (entry.kind, entry.shift)
-    }
-
-    func store(_ st: stat, kind: FileKind, shift: UInt8) {
-        lock.withWriteLock {
-            if entries.count >= capacity { entries.removeAll(keepingCapacity: true) }
-            entries[NodeKey(st)] = Entry(ctimeSeconds: st.st_ctim.tv_sec, ctimeNanoseconds: st.st_ctim.tv_nsec, kind: kind, shift: shift)
-        }
-    }
+@inline(__always)
+private func isDotOrDotDot(_ name: UnsafePointer<CChar>) -> Bool {
+    name[0] == 0x2e && (name[1] == 0 || (name[1] == 0x2e && name[2] == 0))
 }

@@ -1,15 +1,20 @@
 // A plain passthrough over FuseKit: mirrors SOURCE at MOUNTPOINT with no transformation.
 // It exists so the benchmark can show the cost of the binding on its own, beside vikingfs.
 import FuseKit
-import CFuse
 #if canImport(Glibc)
 import Glibc
 #endif
 
 final class Passthrough: FuseFileSystem {
-    let root: Int32
+    let inodes: InodeTable<BackingInode>
     let writeback: Bool
-    init(root: Int32, writeback: Bool) { self.root = root; self.writeback = writeback }
+
+    init(root: Int32, writeback: Bool) throws(Errno) {
+        var st = stat()
+        _ = try syscallRetrying { fstat(root, &st) }
+        inodes = InodeTable(root: BackingInode(fd: root, st: st))
+        self.writeback = writeback
+    }
 
     func initialize(settings: inout FuseInitSettings) {
         settings.writebackCache = writeback
@@ -17,97 +22,122 @@ final class Passthrough: FuseFileSystem {
         settings.entryTimeout = 1
     }
 
-    func getattr(_ path: FusePath?, handle: UInt64?) throws(Errno) -> stat {
-        var st = stat()
+    private func entry(_ parent: FuseInode, _ name: UnsafePointer<CChar>) throws(Errno) -> FuseEntry {
+        let (node, st) = try inodes.lookup(in: inodes.node(parent), name: name) { fd, st in BackingInode(fd: fd, st: st) }
+        return FuseEntry(inode: inodes.fuseInode(node), attributes: st)
+    }
+
+    func lookup(parent: FuseInode, name: UnsafePointer<CChar>) throws(Errno) -> FuseEntry { try entry(parent, name) }
+    func forget(_ inode: FuseInode, lookups: UInt64) { inodes.forget(inode, lookups: lookups) }
+
+    func getattr(_ inode: FuseInode, handle: UInt64?) throws(Errno) -> stat {
         if let handle {
+            var st = stat()
             _ = try syscallRetrying { fstat(Int32(handle), &st) }
-        } else if let path {
-            _ = try syscallRetrying { fstatat(root, path.relative, &st, AT_SYMLINK_NOFOLLOW) }
-        } else { throw .badFile }
-        return st
+            return st
+        }
+        return try inodes.node(inode).attributes()
     }
-    func readlink(_ path: FusePath, into buffer: UnsafeMutableBufferPointer<CChar>) throws(Errno) {
-        let n = try syscallRetrying { Glibc.readlinkat(root, path.relative, buffer.baseAddress!, buffer.count - 1) }
-        buffer[n] = 0
+
+    func setattr(_ inode: FuseInode, _ changes: AttributeChanges, handle: UInt64?) throws(Errno) -> stat {
+        let node = inodes.node(inode)
+        let openFD = handle.map { Int32($0) }
+        try node.apply(changes, openFD: openFD)
+        if let size = changes.size {
+            if let openFD {
+                _ = try syscallRetrying { ftruncate(openFD, off_t(size)) }
+            } else {
+                let fd = try node.reopen(flags: O_WRONLY | O_CLOEXEC)
+                defer { close(fd) }
+                _ = try syscallRetrying { ftruncate(fd, off_t(size)) }
+            }
+        }
+        return try getattr(inode, handle: handle)
     }
-    func mkdir(_ path: FusePath, mode: mode_t) throws(Errno) { _ = try syscallRetrying { mkdirat(root, path.relative, mode) } }
-    func mknod(_ path: FusePath, mode: mode_t, device: dev_t) throws(Errno) { _ = try syscallRetrying { mknodat(root, path.relative, mode, device) } }
-    func unlink(_ path: FusePath) throws(Errno) { _ = try syscallRetrying { unlinkat(root, path.relative, 0) } }
-    func rmdir(_ path: FusePath) throws(Errno) { _ = try syscallRetrying { unlinkat(root, path.relative, AT_REMOVEDIR) } }
-    func symlink(target: FusePath, at path: FusePath) throws(Errno) { _ = try syscallRetrying { symlinkat(target.cString, root, path.relative) } }
-    func rename(_ from: FusePath, to: FusePath, flags: UInt32) throws(Errno) {
-        _ = try syscallRetrying { GNU.renameat2(root, from.relative, root, to.relative, flags: flags) }
+
+    func readlink(_ inode: FuseInode, into buffer: UnsafeMutableBufferPointer<CChar>) throws(Errno) {
+        try inodes.node(inode).readLink(into: buffer)
     }
-    func link(_ from: FusePath, to: FusePath) throws(Errno) { _ = try syscallRetrying { linkat(root, from.relative, root, to.relative, 0) } }
-    func chmod(_ path: FusePath?, mode: mode_t, handle: UInt64?) throws(Errno) {
-        if let handle { _ = try syscallRetrying { fchmod(Int32(handle), mode) } }
-        else if let path { _ = try syscallRetrying { fchmodat(root, path.relative, mode, 0) } }
+    func mkdir(parent: FuseInode, name: UnsafePointer<CChar>, mode: mode_t, caller: FuseCaller) throws(Errno) -> FuseEntry {
+        _ = try syscallRetrying { mkdirat(inodes.node(parent).fd, name, mode) }
+        return try entry(parent, name)
     }
-    func chown(_ path: FusePath?, uid: uid_t, gid: gid_t, handle: UInt64?) throws(Errno) {
-        if let handle { _ = try syscallRetrying { fchown(Int32(handle), uid, gid) } }
-        else if let path { _ = try syscallRetrying { fchownat(root, path.relative, uid, gid, AT_SYMLINK_NOFOLLOW) } }
+    func mknod(parent: FuseInode, name: UnsafePointer<CChar>, mode: mode_t, device: dev_t, caller: FuseCaller) throws(Errno) -> FuseEntry {
+        _ = try syscallRetrying { mknodat(inodes.node(parent).fd, name, mode, device) }
+        return try entry(parent, name)
     }
-    func truncate(_ path: FusePath?, size: Int64, handle: UInt64?) throws(Errno) {
-        if let handle { _ = try syscallRetrying { ftruncate(Int32(handle), off_t(size)) }; return }
-        guard let path else { throw .badFile }
-        let fd = try syscallRetrying { cfuse_open_mode(root, path.relative, O_WRONLY | O_CLOEXEC, 0) }
-        defer { close(fd) }
-        _ = try syscallRetrying { ftruncate(fd, off_t(size)) }
+    func symlink(target: UnsafePointer<CChar>, parent: FuseInode, name: UnsafePointer<CChar>, caller: FuseCaller) throws(Errno) -> FuseEntry {
+        _ = try syscallRetrying { symlinkat(target, inodes.node(parent).fd, name) }
+        return try entry(parent, name)
     }
-    func openFlags(_ flags: Int32) -> Int32 {
+    func link(_ inode: FuseInode, newParent: FuseInode, newName: UnsafePointer<CChar>) throws(Errno) -> FuseEntry {
+        try inodes.node(inode).link(into: inodes.node(newParent), name: newName)
+        return try entry(newParent, newName)
+    }
+    func unlink(parent: FuseInode, name: UnsafePointer<CChar>) throws(Errno) {
+        _ = try syscallRetrying { unlinkat(inodes.node(parent).fd, name, 0) }
+    }
+    func rmdir(parent: FuseInode, name: UnsafePointer<CChar>) throws(Errno) {
+        _ = try syscallRetrying { unlinkat(inodes.node(parent).fd, name, AT_REMOVEDIR) }
+    }
+    func rename(parent: FuseInode, name: UnsafePointer<CChar>, newParent: FuseInode, newName: UnsafePointer<CChar>, flags: UInt32) throws(Errno) {
+        _ = try syscallRetrying { GNU.renameat2(inodes.node(parent).fd, name, inodes.node(newParent).fd, newName, flags: flags) }
+    }
+
+    private func openFlags(_ flags: Int32) -> Int32 {
         // The writeback cache may read from files opened write-only; O_APPEND is the kernel's job then.
-        var f = flags & ~O_APPEND
-        if f & O_ACCMODE == O_WRONLY { f = (f & ~O_ACCMODE) | O_RDWR }
+        var f = flags & ~(O_APPEND | O_CREAT | O_EXCL | O_NOFOLLOW)
+        if writeback && f & O_ACCMODE == O_WRONLY { f = (f & ~O_ACCMODE) | O_RDWR }
         return f | O_CLOEXEC
     }
-    func open(_ path: FusePath, flags: Int32) throws(Errno) -> OpenResult {
-        let fd = try syscallRetrying { cfuse_open_mode(root, path.relative, openFlags(flags), 0) }
+    func open(_ inode: FuseInode, flags: Int32) throws(Errno) -> OpenResult {
+        let fd = try inodes.node(inode).reopen(flags: openFlags(flags))
         return OpenResult(handle: UInt64(fd), keepCache: true)
     }
-    func create(_ path: FusePath, mode: mode_t, flags: Int32) throws(Errno) -> OpenResult {
-        let fd = try syscallRetrying { cfuse_open_mode(root, path.relative, openFlags(flags) | O_CREAT, mode) }
-        return OpenResult(handle: UInt64(fd))
-    }
-    func read(_ path: FusePath?, handle: UInt64, into buffer: UnsafeMutableRawBufferPointer, offset: Int64) throws(Errno) -> Int {
-        try syscallRetrying { pread(Int32(handle), buffer.baseAddress, buffer.count, off_t(offset)) }
-    }
-    func write(_ path: FusePath?, handle: UInt64, from buffer: UnsafeRawBufferPointer, offset: Int64) throws(Errno) -> Int {
-        try syscallRetrying { pwrite(Int32(handle), buffer.baseAddress, buffer.count, off_t(offset)) }
-    }
-    func statfs(_ path: FusePath) throws(Errno) -> statvfs {
-        var st = statvfs()
-        _ = try syscallRetrying { fstatvfs(root, &st) }
-        return st
-    }
-    func release(_ path: FusePath?, handle: UInt64) { close(Int32(handle)) }
-    func fsync(_ path: FusePath?, handle: UInt64, dataOnly: Bool) throws(Errno) {
-        _ = try syscallRetrying { dataOnly ? fdatasync(Int32(handle)) : Glibc.fsync(Int32(handle)) }
-    }
-    func opendir(_ path: FusePath) throws(Errno) -> UInt64 {
-        let fd = try syscallRetrying { cfuse_open_mode(root, path.relative, O_RDONLY | O_DIRECTORY | O_CLOEXEC, 0) }
-        guard let dir = fdopendir(fd) else { close(fd); throw .current }
-        return UInt64(UInt(bitPattern: dir))
-    }
-    func readdir(_ path: FusePath?, handle: UInt64, filler: DirectoryFiller) throws(Errno) {
-        guard let dir = OpaquePointer(bitPattern: UInt(handle)) else { throw .badFile }
-        rewinddir(dir)
-        while let entry = Glibc.readdir(dir) {
-            let type = mode_t(entry.pointee.d_type) << 12
-            let ok = withUnsafePointer(to: entry.pointee.d_name) { p in
-                p.withMemoryRebound(to: CChar.self, capacity: 256) { filler.add($0, inode: UInt64(entry.pointee.d_ino), type: type) }
-            }
-            if !ok { break }
+    func create(parent: FuseInode, name: UnsafePointer<CChar>, mode: mode_t, flags: Int32, caller: FuseCaller) throws(Errno) -> (FuseEntry, OpenResult) {
+        let fd = try syscallRetrying {
+            openat(inodes.node(parent).fd, name, openFlags(flags) | O_CREAT | (flags & O_EXCL), mode)
+        }
+        do throws(Errno) {
+            return (try entry(parent, name), OpenResult(handle: UInt64(fd)))
+        } catch {
+            close(fd)
+            throw error
         }
     }
-    func releasedir(_ path: FusePath?, handle: UInt64) {
-        if let dir = OpaquePointer(bitPattern: UInt(handle)) { closedir(dir) }
+    func read(_ inode: FuseInode, handle: UInt64, into buffer: UnsafeMutableRawBufferPointer, offset: Int64) throws(Errno) -> Int {
+        try syscallRetrying { pread(Int32(handle), buffer.baseAddress, buffer.count, off_t(offset)) }
     }
-    func access(_ path: FusePath, mask: Int32) throws(Errno) { _ = try syscallRetrying { faccessat(root, path.relative, mask, 0) } }
-    func utimens(_ path: FusePath?, times: UnsafePointer<timespec>?, handle: UInt64?) throws(Errno) {
-        if let handle { _ = try syscallRetrying { futimens(Int32(handle), times) } }
-        else if let path { _ = try syscallRetrying { utimensat(root, path.relative, times, AT_SYMLINK_NOFOLLOW) } }
+    func write(_ inode: FuseInode, handle: UInt64, from buffer: UnsafeRawBufferPointer, offset: Int64) throws(Errno) -> Int {
+        try syscallRetrying { pwrite(Int32(handle), buffer.baseAddress, buffer.count, off_t(offset)) }
     }
-    func fallocate(_ path: FusePath?, mode: Int32, offset: Int64, length: Int64, handle: UInt64) throws(Errno) {
+    func statfs(_ inode: FuseInode) throws(Errno) -> statvfs {
+        var st = statvfs()
+        _ = try syscallRetrying { fstatvfs(inodes.root.fd, &st) }
+        return st
+    }
+    func release(_ inode: FuseInode, handle: UInt64) { close(Int32(handle)) }
+    func fsync(_ inode: FuseInode, handle: UInt64, dataOnly: Bool) throws(Errno) {
+        _ = try syscallRetrying { dataOnly ? fdatasync(Int32(handle)) : Glibc.fsync(Int32(handle)) }
+    }
+    func opendir(_ inode: FuseInode) throws(Errno) -> UInt64 {
+        UInt64(UInt(bitPattern: Unmanaged.passRetained(try DirectoryStream(inodes.node(inode))).toOpaque()))
+    }
+    private func stream(_ handle: UInt64) -> DirectoryStream {
+        Unmanaged<DirectoryStream>.fromOpaque(UnsafeRawPointer(bitPattern: UInt(handle))!).takeUnretainedValue()
+    }
+    func readdir(_ inode: FuseInode, handle: UInt64, offset: Int64, into buffer: inout DirectoryBuffer) throws(Errno) {
+        try stream(handle).list(from: offset) { name, ino, type, next throws(Errno) in
+            buffer.add(name, inode: ino, type: type, nextOffset: next)
+        }
+    }
+    func releasedir(_ inode: FuseInode, handle: UInt64) {
+        Unmanaged<DirectoryStream>.fromOpaque(UnsafeRawPointer(bitPattern: UInt(handle))!).release()
+    }
+    func fsyncdir(_ inode: FuseInode, handle: UInt64, dataOnly: Bool) throws(Errno) {
+        _ = try syscallRetrying { Glibc.fsync(stream(handle).fd) }
+    }
+    func fallocate(_ inode: FuseInode, handle: UInt64, mode: Int32, offset: Int64, length: Int64) throws(Errno) {
         _ = try syscallRetrying { GNU.fallocate(Int32(handle), mode: mode, offset: offset, length: length) }
     }
 }
@@ -149,7 +179,7 @@ var configuration = FuseMountConfiguration()
 configuration.debug = debug
 configuration.options = ["fsname=\(positional[0])", "subtype=passthrough", "default_permissions"] + options
 do {
-    let status = try FuseSession.run(Passthrough(root: rootFD, writeback: writeback), mountpoint: positional[1], configuration: configuration) {
+    let status = try FuseSession.run(try Passthrough(root: rootFD, writeback: writeback), mountpoint: positional[1], configuration: configuration) {
         readiness?.signalReady()
     }
     exit(status == 0 ? 0 : 1)

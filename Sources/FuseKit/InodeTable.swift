@@ -1,0 +1,296 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Identifies an inode of the backing file system.
+public struct BackingInodeKey: Hashable {
+    public let device: UInt64
+    public let inode: UInt64
+    public init(_ st: stat) {
+        device = UInt64(st.st_dev)
+        inode = UInt64(st.st_ino)
+    }
+}
+
+/// An inode of the backing file system the kernel knows: an `O_PATH` descriptor that follows it through renames
+/// (and keeps it alive after unlink while the kernel still holds it), and the kernel's lookup count.
+/// File systems subclass it to keep their own per-inode state.
+open class BackingInode {
+    /// `O_PATH | O_NOFOLLOW`: usable with `*at(fd, "", AT_EMPTY_PATH)` calls and as a directory fd; reopen it
+    /// through `withProcPath` for I/O.
+    public private(set) var fd: Int32
+    public private(set) var key: BackingInodeKey
+    /// The `S_IFMT` bits: an inode never changes type.
+    public let type: mode_t
+    /// Guarded by the table's lock.
+    fileprivate var lookups: UInt64 = 0
+
+    public init(fd: Int32, st: stat) {
+        self.fd = fd
+        key = BackingInodeKey(st)
+        type = st.st_mode & S_IFMT
+    }
+
+    deinit { close(fd) }
+
+    public var isDirectory: Bool { type == S_IFDIR }
+    public var isRegularFile: Bool { type == S_IFREG }
+    public var isSymbolicLink: Bool { type == S_IFLNK }
+
+    /// The inode number the kernel uses for this object: its address (the root is `FuseInode.root`).
+    public var fuseInode: FuseInode { FuseInode(UInt(bitPattern: Unmanaged.passUnretained(self).toOpaque())) }
+
+    /// `lstat` of the backing inode.
+    public func attributes() throws(Errno) -> stat {
+        var st = stat()
+        _ = try syscallRetrying { fstatat(fd, "", &st, GNU.atEmptyPath | AT_SYMLINK_NOFOLLOW) }
+        return st
+    }
+
+    /// Calls `body` with "/proc/self/fd/N" for this inode: the way to open, chmod or set times on an `O_PATH` fd.
+    public func withProcPath<R, E: Error>(_ body: (UnsafePointer<CChar>) throws(E) -> R) throws(E) -> R {
+        try FuseKit.withProcPath(fd, body)
+    }
+
+    /// Reopens the inode for I/O.
+    public func reopen(flags: Int32) throws(Errno) -> Int32 {
+        try withProcPath { path throws(Errno) in try syscallRetrying { Glibc.open(path, flags & ~O_NOFOLLOW) } }
+    }
+
+    fileprivate func replace(fd newFD: Int32, st: stat) {
+        close(fd)
+        fd = newFD
+        key = BackingInodeKey(st)
+    }
+}
+
+/// "/proc/self/fd/N" without an allocation.
+public func withProcPath<R, E: Error>(_ fd: Int32, _ body: (UnsafePointer<CChar>) throws(E) -> R) throws(E) -> R {
+    let prefix: StaticString = "/proc/self/fd/"
+    return try withUnsafeTemporaryAllocation(of: CChar.self, capacity: 32) { buffer throws(E) -> R in
+        var length = 0
+        prefix.withUTF8Buffer { for byte in $0 { buffer[length] = CChar(bitPattern: byte); length += 1 } }
+        var digits = 1
+        var rest = Int(fd) / 10
+        while rest > 0 { digits += 1; rest /= 10 }
+        var value = Int(fd)
+        for position in stride(from: length + digits - 1, through: length, by: -1) {
+            buffer[position] = CChar(48 + value % 10)
+            value /= 10
+        }
+        buffer[length + digits] = 0
+        return try body(UnsafePointer(buffer.baseAddress!))
+    }
+}
+
+/// The kernel's inodes and the backing inodes behind them: one object per backing inode (so hard links share
+/// it), counted by lookups, dropped when the kernel forgets it. Request paths read inodes without a lock: an
+/// inode number is the object's address, valid as long as the kernel holds a lookup.
+public final class InodeTable<Node: BackingInode> {
+    public let root: Node
+    private var nodes: [BackingInodeKey: Node] = [:]
+    private let lock = ReadWriteLock()
+
+    public init(root: Node) {
+        self.root = root
+    }
+
+    /// The object behind a kernel inode number. Only valid for numbers this table handed out and the kernel has
+    /// not forgotten.
+    @inline(__always)
+    public func node(_ inode: FuseInode) -> Node {
+        if inode == FuseInode.root { return root }
+        return Unmanaged<Node>.fromOpaque(UnsafeRawPointer(bitPattern: UInt(inode))!).takeUnretainedValue()
+    }
+
+    /// The inode number to give the kernel for `node`.
+    public func fuseInode(_ node: Node) -> FuseInode {
+        node === root ? FuseInode.root : node.fuseInode
+    }
+
+    /// Looks up `name` in `parent` on the backing file system and counts one kernel lookup of the result.
+    /// `make` builds the object for a backing inode seen for the first time; it owns the given `O_PATH` fd.
+    public func lookup(in parent: Node, name: UnsafePointer<CChar>,
+                       make: (Int32, stat) throws(Errno) -> Node) throws(Errno) -> (Node, stat) {
+        let fd = try syscallRetrying { openat(parent.fd, name, GNU.openPath | O_NOFOLLOW | O_CLOEXEC) }
+        var st = stat()
+        guard fstatat(fd, "", &st, GNU.atEmptyPath | AT_SYMLINK_NOFOLLOW) == 0 else {
+            let error = Errno.current
+            close(fd)
+            throw error
+        }
+        return (try adopt(fd: fd, st: st, make: make), st)
+    }
+
+    /// Counts one kernel lookup of the backing inode behind `fd` (an `O_PATH` fd this call takes over).
+    public func adopt(fd: Int32, st: stat, make: (Int32, stat) throws(Errno) -> Node) throws(Errno) -> Node {
+        let key = BackingInodeKey(st)
+        if key == root.key {
+            close(fd)
+            return root
+        }
+        return try lock.withWriteLock { () throws(Errno) -> Node in
+            if let known = nodes[key] {
+                close(fd)
+                known.lookups += 1
+                return known
+            }
+            let created: Node
+            do throws(Errno) { created = try make(fd, st) } catch { close(fd); throw error }
+            created.lookups = 1
+            nodes[key] = created
+            return created
+        }
+    }
+
+    /// Counts one more lookup of a node the kernel already knows (`link` returns an existing inode).
+    public func retain(_ node: Node) {
+        guard node !== root else { return }
+        lock.withWriteLock { node.lookups += 1 }
+    }
+
+    public func forget(_ inode: FuseInode, lookups: UInt64) {
+        guard inode != FuseInode.root else { return }
+        let node = self.node(inode)
+        lock.withWriteLock {
+            node.lookups -= min(lookups, node.lookups)
+            if node.lookups == 0, nodes[node.key] === node { nodes[node.key] = nil }
+        }
+    }
+
+    /// The backing inode behind `node` was replaced (written to a new file, renamed over the old one): follow it.
+    public func replaceBackingInode(of node: Node, fd newFD: Int32, st: stat) {
+        lock.withWriteLock {
+            if nodes[node.key] === node { nodes[node.key] = nil }
+            node.replace(fd: newFD, st: st)
+            if node !== root { nodes[node.key] = node }
+        }
+    }
+
+    /// Backing inodes the kernel currently holds.
+    public var count: Int { lock.withReadLock { nodes.count } }
+}
+
+/// A reader-writer lock around pthread_rwlock_t, heap-allocated so its address never moves.
+public final class ReadWriteLock {
+    private let lock: UnsafeMutablePointer<pthread_rwlock_t>
+    public init() {
+        lock = .allocate(capacity: 1)
+        lock.initialize(to: pthread_rwlock_t())
+        pthread_rwlock_init(lock, nil)
+    }
+    deinit {
+        pthread_rwlock_destroy(lock)
+        lock.deallocate()
+    }
+    @inline(__always) public func withReadLock<R, E: Error>(_ body: () throws(E) -> R) throws(E) -> R {
+        pthread_rwlock_rdlock(lock)
+        defer { pthread_rwlock_unlock(lock) }
+        return try body()
+    }
+    @inline(__always) public func withWriteLock<R, E: Error>(_ body: () throws(E) -> R) throws(E) -> R {
+        pthread_rwlock_wrlock(lock)
+        defer { pthread_rwlock_unlock(lock) }
+        return try body()
+    }
+}
+
+// MARK: Operations on backing inodes, shared by file systems that mirror a backing directory
+
+public extension BackingInode {
+    /// Applies mode, owner and times (not size: that is the file system's business) to the backing inode, through
+    /// `openFD` when the request came with an open file.
+    func apply(_ changes: AttributeChanges, openFD: Int32?) throws(Errno) {
+        if let mode = changes.mode {
+            if let openFD {
+                _ = try syscallRetrying { fchmod(openFD, mode) }
+            } else if !isSymbolicLink {
+                _ = try withProcPath { path throws(Errno) in try syscallRetrying { chmod(path, mode) } }
+            }
+        }
+        if changes.uid != nil || changes.gid != nil {
+            let uid = changes.uid ?? uid_t.max
+            let gid = changes.gid ?? gid_t.max
+            _ = try syscallRetrying { fchownat(fd, "", uid, gid, GNU.atEmptyPath | AT_SYMLINK_NOFOLLOW) }
+        }
+        if let times = changes.times {
+            var pair = [times.access, times.modification]
+            if let openFD {
+                _ = try syscallRetrying { futimens(openFD, &pair) }
+            } else if isSymbolicLink {
+                _ = try syscallRetrying { utimensat(fd, "", &pair, GNU.atEmptyPath | AT_SYMLINK_NOFOLLOW) }
+            } else {
+                _ = try withProcPath { path throws(Errno) in try syscallRetrying { utimensat(AT_FDCWD, path, &pair, 0) } }
+            }
+        }
+    }
+
+    /// Adds a hard link to this inode as `name` in `directory`.
+    func link(into directory: BackingInode, name: UnsafePointer<CChar>) throws(Errno) {
+        // AT_EMPTY_PATH needs CAP_DAC_READ_SEARCH; the /proc link works for everyone else (but follows symlinks).
+        if linkat(fd, "", directory.fd, name, GNU.atEmptyPath) == 0 { return }
+        let first = Errno.current
+        guard first == .noEntry || first == .permissionDenied, !isSymbolicLink else { throw first }
+        _ = try withProcPath { path throws(Errno) in
+            try syscallRetrying { linkat(AT_FDCWD, path, directory.fd, name, AT_SYMLINK_FOLLOW) }
+        }
+    }
+
+    /// The target of a symbolic link, NUL-terminated in `buffer`.
+    func readLink(into buffer: UnsafeMutableBufferPointer<CChar>) throws(Errno) {
+        guard buffer.count > 1 else { throw .invalid }
+        let n = try syscallRetrying { readlinkat(fd, "", buffer.baseAddress!, buffer.count - 1) }
+        buffer[n] = 0
+    }
+}
+
+/// An open directory that can be listed from any offset the kernel passes back (each entry's `d_off`).
+public final class DirectoryStream {
+    private let directory: OpaquePointer
+    /// The offset the next `readdir` continues from; -1 when unknown (an entry was read but not delivered).
+    private var position: Int64 = 0
+
+    public init(_ inode: BackingInode) throws(Errno) {
+        let fd = try syscallRetrying { openat(inode.fd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC) }
+        guard let directory = fdopendir(fd) else {
+            let error = Errno.current
+            close(fd)
+            throw error
+        }
+        self.directory = directory
+    }
+
+    deinit { closedir(directory) }
+
+    public var fd: Int32 { dirfd(directory) }
+
+    /// Calls `body` for each entry after `offset` with (name, backing inode number, type bits, next offset) until
+    /// it returns false (the entry was not taken) or the directory ends.
+    public func list(from offset: Int64,
+                     _ body: (UnsafePointer<CChar>, UInt64, mode_t, Int64) throws(Errno) -> Bool) throws(Errno) {
+        if offset != position {
+            if offset == 0 { rewinddir(directory) } else { seekdir(directory, Int(offset)) }
+            position = offset
+        }
+        while true {
+            errno = 0
+            guard let entry = readdir(directory) else {
+                if errno != 0 { throw Errno.current }
+                return
+            }
+            let next = Int64(entry.pointee.d_off)
+            let type = mode_t(entry.pointee.d_type) << 12
+            let inode = UInt64(entry.pointee.d_ino)
+            let taken = try withUnsafePointer(to: entry.pointee.d_name) { raw throws(Errno) -> Bool in
+                try raw.withMemoryRebound(to: CChar.self, capacity: 256) { name throws(Errno) -> Bool in
+                    try body(name, inode, type, next)
+                }
+            }
+            guard taken else {
+                position = -1
+                return
+            }
+            position = next
+        }
+    }
+}
