@@ -111,12 +111,21 @@ public struct DirectoryBuffer {
         self.wantsAttributes = wantsAttributes
     }
 
-    /// Adds a plain entry. Returns false (and adds nothing) when the buffer is full.
+    /// Adds an entry without attributes (and without a lookup): every entry of a plain listing, and "." and ".."
+    /// in a READDIRPLUS one. Returns false (and adds nothing) when the buffer is full.
     public mutating func add(_ name: UnsafePointer<CChar>, inode: UInt64, type: mode_t, nextOffset: Int64) -> Bool {
         var st = stat()
         st.st_ino = UInt(truncatingIfNeeded: inode)
         st.st_mode = type
-        let needed = fuse_add_direntry(request, base + used, capacity - used, name, &st, off_t(nextOffset))
+        let needed: Int
+        if wantsAttributes {
+            // A READDIRPLUS reply holds only "plus" entries; inode 0 tells the kernel there is no lookup to count.
+            var parameters = fuse_entry_param()
+            parameters.attr = st
+            needed = fuse_add_direntry_plus(request, base + used, capacity - used, name, &parameters, off_t(nextOffset))
+        } else {
+            needed = fuse_add_direntry(request, base + used, capacity - used, name, &st, off_t(nextOffset))
+        }
         guard needed <= capacity - used else { return false }
         used += needed
         return true

@@ -26,7 +26,7 @@ public struct VikingFSConfiguration {
     /// reports ESTALE (seen with the plain passthrough too). `-o writeback` turns it on for speed.
     public var writebackCache = false
     /// Directory listings carry attributes (READDIRPLUS), sparing a LOOKUP per listed name.
-    public var readdirPlus = false
+    public var readdirPlus = true
     /// Refuse legacy plaintext (`-o no_legacy`): once a tree is sealed, any unsealed file is damage or a plant.
     public var refuseLegacy = false
     public var attributeTimeout: Double = 1.0

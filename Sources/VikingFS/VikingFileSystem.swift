@@ -147,13 +147,14 @@ public final class VikingFileSystem: FuseFileSystem {
     }
 
     public func getattr(_ inode: FuseInode, handle: UInt64?) throws(Errno) -> stat {
-        if let handle {
+        let target = node(inode)
+        // Only regular files' handles are FileHandles (directories have DirectoryStreams).
+        if let handle, target.isRegularFile {
             let file = try object(handle, as: FileHandle.self)
             var st = stat()
             _ = try syscallRetrying { fstat(file.node.fd, &st) }
             return file.node.presentedAttributes(st)
         }
-        let target = node(inode)
         return presentedAttributes(target, try target.attributes())
     }
 
@@ -197,7 +198,7 @@ public final class VikingFileSystem: FuseFileSystem {
 
     public func setattr(_ inode: FuseInode, _ changes: AttributeChanges, handle: UInt64?) throws(Errno) -> stat {
         let target = node(inode)
-        let file = try handle.map { raw throws(Errno) in try object(raw, as: FileHandle.self) }
+        let file = target.isRegularFile ? try handle.map { raw throws(Errno) in try object(raw, as: FileHandle.self) } : nil
         let changesSomething = changes.mode != nil || changes.uid != nil || changes.gid != nil || changes.size != nil || changes.times != nil
         if changesSomething { try requireWritable() }
         try target.apply(changes, openFD: file?.node.fd)

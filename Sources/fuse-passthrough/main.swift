@@ -8,18 +8,24 @@ import Glibc
 final class Passthrough: FuseFileSystem {
     let inodes: InodeTable<BackingInode>
     let writeback: Bool
+    let readdirPlus: Bool
 
-    init(root: Int32, writeback: Bool) throws(Errno) {
+    init(root: Int32, writeback: Bool, readdirPlus: Bool) throws(Errno) {
         var st = stat()
         _ = try syscallRetrying { fstat(root, &st) }
         inodes = InodeTable(root: BackingInode(fd: root, st: st))
         self.writeback = writeback
+        self.readdirPlus = readdirPlus
     }
+
+    private var settings = FuseInitSettings()
 
     func initialize(settings: inout FuseInitSettings) {
         settings.writebackCache = writeback
+        settings.readdirPlus = readdirPlus
         settings.attributeTimeout = 1
         settings.entryTimeout = 1
+        self.settings = settings
     }
 
     private func entry(_ parent: FuseInode, _ name: UnsafePointer<CChar>) throws(Errno) -> FuseEntry {
@@ -127,8 +133,15 @@ final class Passthrough: FuseFileSystem {
         Unmanaged<DirectoryStream>.fromOpaque(UnsafeRawPointer(bitPattern: UInt(handle))!).takeUnretainedValue()
     }
     func readdir(_ inode: FuseInode, handle: UInt64, offset: Int64, into buffer: inout DirectoryBuffer) throws(Errno) {
-        try stream(handle).list(from: offset) { name, ino, type, next throws(Errno) in
-            buffer.add(name, inode: ino, type: type, nextOffset: next)
+        let directory = inodes.node(inode)
+        try stream(handle).list(from: offset) { name, ino, type, next throws(Errno) -> Bool in
+            let dots = name[0] == 0x2e && (name[1] == 0 || (name[1] == 0x2e && name[2] == 0))
+            guard buffer.wantsAttributes, !dots else { return buffer.add(name, inode: ino, type: type, nextOffset: next) }
+            let (node, st) = try inodes.lookup(in: directory, name: name) { fd, st in BackingInode(fd: fd, st: st) }
+            let found = FuseEntry(inode: inodes.fuseInode(node), attributes: st)
+            if buffer.add(name, entry: found, settings: settings, nextOffset: next) { return true }
+            inodes.forget(found.inode, lookups: 1)
+            return false
         }
     }
     func releasedir(_ inode: FuseInode, handle: UInt64) {
@@ -148,6 +161,7 @@ var debug = false
 var options: [String] = []
 var positional: [String] = []
 var writeback = false
+var readdirPlus = true
 while !arguments.isEmpty {
     let a = arguments.removeFirst()
     switch a {
@@ -156,11 +170,16 @@ while !arguments.isEmpty {
     case "-o":
         if !arguments.isEmpty {
             for option in arguments.removeFirst().split(separator: ",").map(String.init) {
-                if option == "writeback" { writeback = true } else { options.append(option) }
+                switch option {
+                case "writeback": writeback = true
+                case "readdirplus": readdirPlus = true
+                case "no_readdirplus": readdirPlus = false
+                default: options.append(option)
+                }
             }
         }
     case "-h", "--help":
-        print("usage: fuse-passthrough SOURCE MOUNTPOINT [-f] [-d] [-o writeback,opt,...]")
+        print("usage: fuse-passthrough SOURCE MOUNTPOINT [-f] [-d] [-o writeback,no_readdirplus,opt,...]")
         exit(0)
     default: positional.append(a)
     }
@@ -179,7 +198,7 @@ var configuration = FuseMountConfiguration()
 configuration.debug = debug
 configuration.options = ["fsname=\(positional[0])", "subtype=passthrough", "default_permissions"] + options
 do {
-    let status = try FuseSession.run(try Passthrough(root: rootFD, writeback: writeback), mountpoint: positional[1], configuration: configuration) {
+    let status = try FuseSession.run(try Passthrough(root: rootFD, writeback: writeback, readdirPlus: readdirPlus), mountpoint: positional[1], configuration: configuration) {
         readiness?.signalReady()
     }
     exit(status == 0 ? 0 : 1)

@@ -42,7 +42,8 @@ Mounts an encrypted, per-account view of the AGFS directory BACKING at MOUNTPOIN
      block_size=BYTES        native block size, a power of two from 4096 to 1048576 (default 4096)
      ove1_max_size=BYTES     largest OVE1 file held in memory while open (default 67108864)
      no_legacy               refuse unsealed (legacy plaintext) files with EIO, for fully sealed trees
-     writeback               enable the kernel writeback cache (faster small writes; see vikingfs-mount(8))
+     writeback               enable the kernel writeback cache (see vikingfs-mount(8); off by default)
+     no_readdirplus          plain directory listings (default: listings carry attributes, READDIRPLUS)
      attr_timeout=S, entry_timeout=S   kernel attribute/entry cache lifetimes (default 1)
      verbose                 log debug messages
      ro, allow_other, allow_root, auto_unmount, fsname=NAME, subtype=NAME, default_permissions,
@@ -119,6 +120,7 @@ var format = NewFileFormat.native
 var blockShift = NativeFormat.defaultBlockShift
 var ove1MaxSize = 64 << 20
 var writeback = false
+var readdirPlus = true
 var refuseLegacy = false
 var verbose = false
 var attrTimeout = 1.0
@@ -157,6 +159,8 @@ for option in rawOptions {
     case "no_legacy": refuseLegacy = true
     case "writeback": writeback = true
     case "no_writeback": writeback = false
+    case "readdirplus": readdirPlus = true
+    case "no_readdirplus": readdirPlus = false
     case "verbose": verbose = true
     case "attr_timeout", "entry_timeout":
         guard let value, let seconds = Double(value), seconds >= 0 else { fail(.usage, "\(name) must be a number of seconds") }
@@ -241,6 +245,7 @@ configuration.blockShift = blockShift
 configuration.readOnly = readOnly
 configuration.ove1MemoryLimit = ove1MaxSize
 configuration.writebackCache = writeback
+configuration.readdirPlus = readdirPlus
 configuration.refuseLegacy = refuseLegacy
 configuration.attributeTimeout = attrTimeout
 configuration.entryTimeout = entryTimeout
