@@ -24,7 +24,7 @@ if [ "$unit_status" -ne 0 ]; then unit_failed=$((unit_failed > 0 ? unit_failed :
 total_passed=$((total_passed + ${unit_passed:-0}))
 total_failed=$((total_failed + unit_failed))
 
-for suite in Tests/integration/core.sh Tests/integration/admin.sh Tests/integration/ove1.sh Tests/integration/providers.sh Tests/integration/interop.sh; do
+for suite in Tests/integration/core.sh Tests/integration/inodes.sh Tests/integration/admin.sh Tests/integration/ove1.sh Tests/integration/providers.sh Tests/integration/interop.sh; do
     [ -f "$suite" ] || continue
     echo "== $suite"
     bash "$suite" 2>&1 | tee /tmp/vikingfs-suite.log

@@ -12,26 +12,41 @@ public struct BackingInodeKey: Hashable {
     }
 }
 
-/// An inode of the backing file system the kernel knows: an `O_PATH` descriptor that follows it through renames
-/// (and keeps it alive after unlink while the kernel still holds it), and the kernel's lookup count.
-/// File systems subclass it to keep their own per-inode state.
+/// Most of the open-file limit, read on first use (a global is initialized once, thread-safely), which is the
+/// first lookup: after `FuseSession` raised the limit. The rest is left for open files and directory streams.
+private let descriptorBudget: Int = {
+    var limit = rlimit()
+    guard getrlimit(Int32(RLIMIT_NOFILE.rawValue), &limit) == 0 else { return 0 }
+    let soft = limit.rlim_cur == rlim_t.max ? Int.max / 2 : Int(limit.rlim_cur)
+    return max(0, soft - max(1024, soft / 8))
+}()
+
+/// Guards every inode's parent and name (read on the slow path, written by lookups and renames).
+private let namesLock = ReadWriteLock()
+
+/// An inode of the backing file system the kernel knows, with the kernel's lookup count. It holds an `O_PATH`
+/// descriptor while the table's descriptor budget allows (the descriptor follows the inode through renames and
+/// keeps it reachable after unlink); past the budget it is reached by its last known parent and name, checked
+/// against its inode number on every use. File systems subclass it to keep their own per-inode state.
 open class BackingInode {
-    /// `O_PATH | O_NOFOLLOW`: usable with `*at(fd, "", AT_EMPTY_PATH)` calls and as a directory fd; reopen it
-    /// through `withProcPath` for I/O.
-    public private(set) var fd: Int32
+    /// The `O_PATH | O_NOFOLLOW` descriptor, or -1 when the inode is reached by name (see `withDescriptor`).
+    fileprivate var descriptor: Int32
     public private(set) var key: BackingInodeKey
     /// The `S_IFMT` bits: an inode never changes type.
     public let type: mode_t
     /// Guarded by the table's lock.
     fileprivate var lookups: UInt64 = 0
+    /// The directory and name it was last seen under (guarded by `namesLock`); nil for the root.
+    fileprivate var parent: BackingInode?
+    fileprivate var name: [CChar] = []
 
     public init(fd: Int32, st: stat) {
-        self.fd = fd
+        descriptor = fd
         key = BackingInodeKey(st)
         type = st.st_mode & S_IFMT
     }
 
-    deinit { close(fd) }
+    deinit { if descriptor >= 0 { close(descriptor) } }
 
     public var isDirectory: Bool { type == S_IFDIR }
     public var isRegularFile: Bool { type == S_IFREG }
@@ -40,16 +55,42 @@ open class BackingInode {
     /// The inode number the kernel uses for this object: its address (the root is `FuseInode.root`).
     public var fuseInode: FuseInode { FuseInode(UInt(bitPattern: Unmanaged.passUnretained(self).toOpaque())) }
 
+    /// Calls `body` with an `O_PATH` descriptor of the inode, usable with `*at(fd, "", AT_EMPTY_PATH)` calls and
+    /// as a directory fd. Inodes past the descriptor budget get a temporary one, opened through their parent and
+    /// checked to be the same inode (ESTALE if the name now leads elsewhere, ENOENT if it is gone).
+    @inline(__always)
+    public func withDescriptor<R>(_ body: (Int32) throws(Errno) -> R) throws(Errno) -> R {
+        let held = descriptor
+        if held >= 0 { return try body(held) }
+        let temporary = try openByName()
+        defer { close(temporary) }
+        return try body(temporary)
+    }
+
+    private func openByName() throws(Errno) -> Int32 {
+        let (parent, name) = namesLock.withReadLock { (self.parent, self.name) }
+        guard let parent, !name.isEmpty else { throw Errno(ESTALE) }
+        let fd = try parent.withDescriptor { directory throws(Errno) in
+            try syscallRetrying { openat(directory, name, GNU.openPath | O_NOFOLLOW | O_CLOEXEC) }
+        }
+        var st = stat()
+        guard fstatat(fd, "", &st, GNU.atEmptyPath | AT_SYMLINK_NOFOLLOW) == 0, BackingInodeKey(st) == key else {
+            close(fd)
+            throw Errno(ESTALE)
+        }
+        return fd
+    }
+
     /// `lstat` of the backing inode.
     public func attributes() throws(Errno) -> stat {
         var st = stat()
-        _ = try syscallRetrying { fstatat(fd, "", &st, GNU.atEmptyPath | AT_SYMLINK_NOFOLLOW) }
+        _ = try withDescriptor { fd throws(Errno) in try syscallRetrying { fstatat(fd, "", &st, GNU.atEmptyPath | AT_SYMLINK_NOFOLLOW) } }
         return st
     }
 
     /// Calls `body` with "/proc/self/fd/N" for this inode: the way to open, chmod or set times on an `O_PATH` fd.
-    public func withProcPath<R, E: Error>(_ body: (UnsafePointer<CChar>) throws(E) -> R) throws(E) -> R {
-        try FuseKit.withProcPath(fd, body)
+    public func withProcPath<R>(_ body: (UnsafePointer<CChar>) throws(Errno) -> R) throws(Errno) -> R {
+        try withDescriptor { fd throws(Errno) in try FuseKit.withProcPath(fd, body) }
     }
 
     /// Reopens the inode for I/O.
@@ -58,8 +99,8 @@ open class BackingInode {
     }
 
     fileprivate func replace(fd newFD: Int32, st: stat) {
-        close(fd)
-        fd = newFD
+        if descriptor >= 0 { close(descriptor) }
+        descriptor = newFD
         key = BackingInodeKey(st)
     }
 }
@@ -108,38 +149,83 @@ public final class InodeTable<Node: BackingInode> {
         node === root ? FuseInode.root : node.fuseInode
     }
 
+    /// Descriptors held by inodes; past `descriptorBudget`, new inodes are reached by name.
+    private var descriptorsHeld = 0
     /// Looks up `name` in `parent` on the backing file system and counts one kernel lookup of the result.
-    /// `make` builds the object for a backing inode seen for the first time; it owns the given `O_PATH` fd.
+    /// `make` builds the object for a backing inode seen for the first time; it owns the given descriptor.
     public func lookup(in parent: Node, name: UnsafePointer<CChar>,
                        make: (Int32, stat) throws(Errno) -> Node) throws(Errno) -> (Node, stat) {
-        let fd = try syscallRetrying { openat(parent.fd, name, GNU.openPath | O_NOFOLLOW | O_CLOEXEC) }
         var st = stat()
-        guard fstatat(fd, "", &st, GNU.atEmptyPath | AT_SYMLINK_NOFOLLOW) == 0 else {
-            let error = Errno.current
-            close(fd)
-            throw error
+        let withinBudget = lock.withReadLock { descriptorsHeld < descriptorBudget }
+        var fd: Int32 = -1
+        if withinBudget {
+            fd = try parent.withDescriptor { directory throws(Errno) -> Int32 in
+                let opened = openat(directory, name, GNU.openPath | O_NOFOLLOW | O_CLOEXEC)
+                if opened < 0 && (errno == EMFILE || errno == ENFILE) { return -1 }
+                if opened < 0 { throw Errno.current }
+                return opened
+            }
         }
-        return (try adopt(fd: fd, st: st, make: make), st)
+        if fd >= 0 {
+            guard fstatat(fd, "", &st, GNU.atEmptyPath | AT_SYMLINK_NOFOLLOW) == 0 else {
+                let error = Errno.current
+                close(fd)
+                throw error
+            }
+        } else {
+            _ = try parent.withDescriptor { directory throws(Errno) in
+                try syscallRetrying { fstatat(directory, name, &st, AT_SYMLINK_NOFOLLOW) }
+            }
+        }
+        return (try adopt(fd: fd, st: st, parent: parent, name: name, make: make), st)
     }
 
-    /// Counts one kernel lookup of the backing inode behind `fd` (an `O_PATH` fd this call takes over).
-    public func adopt(fd: Int32, st: stat, make: (Int32, stat) throws(Errno) -> Node) throws(Errno) -> Node {
+    /// Counts one kernel lookup of the backing inode `st` describes, found as `name` in `parent`. Takes over `fd`
+    /// (an `O_PATH` descriptor of it, or -1).
+    public func adopt(fd: Int32, st: stat, parent: Node, name: UnsafePointer<CChar>,
+                      make: (Int32, stat) throws(Errno) -> Node) throws(Errno) -> Node {
         let key = BackingInodeKey(st)
         if key == root.key {
-            close(fd)
+            if fd >= 0 { close(fd) }
             return root
         }
-        return try lock.withWriteLock { () throws(Errno) -> Node in
+        let node = try lock.withWriteLock { () throws(Errno) -> Node in
             if let known = nodes[key] {
-                close(fd)
+                if fd >= 0 { close(fd) }
                 known.lookups += 1
                 return known
             }
+            var fd = fd
+            if fd >= 0 && descriptorsHeld >= descriptorBudget {
+                close(fd)
+                fd = -1
+            }
             let created: Node
-            do throws(Errno) { created = try make(fd, st) } catch { close(fd); throw error }
+            do throws(Errno) { created = try make(fd, st) } catch { if fd >= 0 { close(fd) }; throw error }
             created.lookups = 1
+            if fd >= 0 { descriptorsHeld += 1 }
             nodes[key] = created
             return created
+        }
+        let copied = Array(UnsafeBufferPointer(start: name, count: strlen(name) + 1))
+        namesLock.withWriteLock {
+            node.parent = parent
+            node.name = copied
+        }
+        return node
+    }
+
+    /// After a rename: the inode now named `name` in `parent` (if the kernel knows it) is reached by that name.
+    public func renamed(to name: UnsafePointer<CChar>, in parent: Node) {
+        var st = stat()
+        guard (try? parent.withDescriptor({ directory throws(Errno) in
+            try syscallRetrying { fstatat(directory, name, &st, AT_SYMLINK_NOFOLLOW) }
+        })) != nil else { return }
+        guard let node = lock.withReadLock({ nodes[BackingInodeKey(st)] }) else { return }
+        let copied = Array(UnsafeBufferPointer(start: name, count: strlen(name) + 1))
+        namesLock.withWriteLock {
+            node.parent = parent
+            node.name = copied
         }
     }
 
@@ -154,7 +240,10 @@ public final class InodeTable<Node: BackingInode> {
         let node = self.node(inode)
         lock.withWriteLock {
             node.lookups -= min(lookups, node.lookups)
-            if node.lookups == 0, nodes[node.key] === node { nodes[node.key] = nil }
+            if node.lookups == 0, nodes[node.key] === node {
+                nodes[node.key] = nil
+                if node.descriptor >= 0 { descriptorsHeld -= 1 }
+            }
         }
     }
 
@@ -162,6 +251,7 @@ public final class InodeTable<Node: BackingInode> {
     public func replaceBackingInode(of node: Node, fd newFD: Int32, st: stat) {
         lock.withWriteLock {
             if nodes[node.key] === node { nodes[node.key] = nil }
+            if node.descriptor < 0 { descriptorsHeld += 1 }
             node.replace(fd: newFD, st: st)
             if node !== root { nodes[node.key] = node }
         }
@@ -211,14 +301,14 @@ public extension BackingInode {
         if changes.uid != nil || changes.gid != nil {
             let uid = changes.uid ?? uid_t.max
             let gid = changes.gid ?? gid_t.max
-            _ = try syscallRetrying { fchownat(fd, "", uid, gid, GNU.atEmptyPath | AT_SYMLINK_NOFOLLOW) }
+            _ = try withDescriptor { fd throws(Errno) in try syscallRetrying { fchownat(fd, "", uid, gid, GNU.atEmptyPath | AT_SYMLINK_NOFOLLOW) } }
         }
         if let times = changes.times {
             var pair = [times.access, times.modification]
             if let openFD {
                 _ = try syscallRetrying { futimens(openFD, &pair) }
             } else if isSymbolicLink {
-                _ = try syscallRetrying { utimensat(fd, "", &pair, GNU.atEmptyPath | AT_SYMLINK_NOFOLLOW) }
+                _ = try withDescriptor { fd throws(Errno) in try syscallRetrying { utimensat(fd, "", &pair, GNU.atEmptyPath | AT_SYMLINK_NOFOLLOW) } }
             } else {
                 _ = try withProcPath { path throws(Errno) in try syscallRetrying { utimensat(AT_FDCWD, path, &pair, 0) } }
             }
@@ -228,18 +318,22 @@ public extension BackingInode {
     /// Adds a hard link to this inode as `name` in `directory`.
     func link(into directory: BackingInode, name: UnsafePointer<CChar>) throws(Errno) {
         // AT_EMPTY_PATH needs CAP_DAC_READ_SEARCH; the /proc link works for everyone else (but follows symlinks).
-        if linkat(fd, "", directory.fd, name, GNU.atEmptyPath) == 0 { return }
-        let first = Errno.current
-        guard first == .noEntry || first == .permissionDenied, !isSymbolicLink else { throw first }
-        _ = try withProcPath { path throws(Errno) in
-            try syscallRetrying { linkat(AT_FDCWD, path, directory.fd, name, AT_SYMLINK_FOLLOW) }
+        try withDescriptor { fd throws(Errno) in
+            try directory.withDescriptor { target throws(Errno) in
+                if linkat(fd, "", target, name, GNU.atEmptyPath) == 0 { return }
+                let first = Errno.current
+                guard first == .noEntry || first == .permissionDenied, !isSymbolicLink else { throw first }
+                _ = try FuseKit.withProcPath(fd) { path throws(Errno) in
+                    try syscallRetrying { linkat(AT_FDCWD, path, target, name, AT_SYMLINK_FOLLOW) }
+                }
+            }
         }
     }
 
     /// The target of a symbolic link, NUL-terminated in `buffer`.
     func readLink(into buffer: UnsafeMutableBufferPointer<CChar>) throws(Errno) {
         guard buffer.count > 1 else { throw .invalid }
-        let n = try syscallRetrying { readlinkat(fd, "", buffer.baseAddress!, buffer.count - 1) }
+        let n = try withDescriptor { fd throws(Errno) in try syscallRetrying { readlinkat(fd, "", buffer.baseAddress!, buffer.count - 1) } }
         buffer[n] = 0
     }
 }
@@ -251,7 +345,9 @@ public final class DirectoryStream {
     private var position: Int64 = 0
 
     public init(_ inode: BackingInode) throws(Errno) {
-        let fd = try syscallRetrying { openat(inode.fd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC) }
+        let fd = try inode.withDescriptor { directory throws(Errno) in
+            try syscallRetrying { openat(directory, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC) }
+        }
         guard let directory = fdopendir(fd) else {
             let error = Errno.current
             close(fd)

@@ -121,7 +121,7 @@ public final class VikingFileSystem: FuseFileSystem {
 
     private func chownToCaller(_ parent: VikingInode, _ name: UnsafePointer<CChar>, _ caller: FuseCaller) {
         guard geteuid() == 0 else { return }
-        _ = fchownat(parent.fd, name, caller.uid, caller.gid, AT_SYMLINK_NOFOLLOW)
+        _ = try? parent.withDescriptor { dir throws(Errno) in fchownat(dir, name, caller.uid, caller.gid, AT_SYMLINK_NOFOLLOW) }
     }
 
     private func node(_ inode: FuseInode) -> VikingInode { inodes.node(inode) }
@@ -154,6 +154,13 @@ public final class VikingFileSystem: FuseFileSystem {
             var st = stat()
             _ = try syscallRetrying { fstat(file.node.fd, &st) }
             return file.node.presentedAttributes(st)
+        }
+        // fstat(2) arrives without a handle; an open file answers through its descriptor (it may be unlinked, and
+        // an inode past the descriptor budget could not be reached by name any more).
+        if target.isRegularFile, let open = target.state.withReadLock({ target.openNode }) {
+            var st = stat()
+            _ = try syscallRetrying { fstat(open.fd, &st) }
+            return open.presentedAttributes(st)
         }
         return presentedAttributes(target, try target.attributes())
     }
@@ -201,7 +208,8 @@ public final class VikingFileSystem: FuseFileSystem {
         let file = target.isRegularFile ? try handle.map { raw throws(Errno) in try object(raw, as: FileHandle.self) } : nil
         let changesSomething = changes.mode != nil || changes.uid != nil || changes.gid != nil || changes.size != nil || changes.times != nil
         if changesSomething { try requireWritable() }
-        try target.apply(changes, openFD: file?.node.fd)
+        let open = file?.node ?? (target.isRegularFile ? target.state.withReadLock { target.openNode } : nil)
+        try target.apply(changes, openFD: open?.fd)
         if let size = changes.size {
             if let file {
                 try file.node.truncate(to: size, context: context)
@@ -316,8 +324,8 @@ public final class VikingFileSystem: FuseFileSystem {
         try requireWritable()
         let directory = node(parent)
         if isHidden(name) || isKeyCheck(directory, name) { throw .permissionDenied }
-        let fd = try syscallRetrying {
-            openat(directory.fd, name, O_CREAT | O_RDWR | O_CLOEXEC | O_NOFOLLOW | (flags & O_EXCL), mode)
+        let fd = try directory.withDescriptor { dir throws(Errno) in
+            try syscallRetrying { openat(dir, name, O_CREAT | O_RDWR | O_CLOEXEC | O_NOFOLLOW | (flags & O_EXCL), mode) }
         }
         if geteuid() == 0 { _ = fchown(fd, caller.uid, caller.gid) }
         var st = stat()
@@ -339,12 +347,12 @@ public final class VikingFileSystem: FuseFileSystem {
             fileNode = try sealEmpty(fd: fd, account: account, name: name)
         } catch {
             close(fd)
-            unlinkat(directory.fd, name, 0)
+            _ = try? directory.withDescriptor { dir throws(Errno) in unlinkat(dir, name, 0) }
             throw error
         }
+        // Without a descriptor to spare (EMFILE), the inode is reached by name.
         let pathFD = withProcPath(fd) { Glibc.open($0, GNU.openPath | O_CLOEXEC) }
-        guard pathFD >= 0 else { throw .current }
-        let inode = try inodes.adopt(fd: pathFD, st: st) { fd, st throws(Errno) in
+        let inode = try inodes.adopt(fd: pathFD, st: st, parent: directory, name: name) { fd, st throws(Errno) in
             VikingInode(fd: fd, st: st, account: account, isKeyCheck: false)
         }
         let shared: FileNode = inode.state.withWriteLock {
@@ -421,7 +429,7 @@ public final class VikingFileSystem: FuseFileSystem {
         try requireWritable()
         let directory = node(parent)
         if isHidden(name) { throw .permissionDenied }
-        _ = try syscallRetrying { mkdirat(directory.fd, name, mode) }
+        _ = try directory.withDescriptor { dir throws(Errno) in try syscallRetrying { mkdirat(dir, name, mode) } }
         chownToCaller(directory, name, caller)
         return try entry(directory, name)
     }
@@ -432,7 +440,7 @@ public final class VikingFileSystem: FuseFileSystem {
         if isHidden(name) || isKeyCheck(directory, name) { throw .permissionDenied }
         // Regular files go through create (so they get a header); FIFOs and sockets hold no data.
         guard (mode & S_IFMT) == S_IFIFO || (mode & S_IFMT) == S_IFSOCK else { throw .permissionDenied }
-        _ = try syscallRetrying { mknodat(directory.fd, name, mode, device) }
+        _ = try directory.withDescriptor { dir throws(Errno) in try syscallRetrying { mknodat(dir, name, mode, device) } }
         chownToCaller(directory, name, caller)
         return try entry(directory, name)
     }
@@ -441,7 +449,7 @@ public final class VikingFileSystem: FuseFileSystem {
         try requireWritable()
         let directory = node(parent)
         if isHidden(name) || isKeyCheck(directory, name) { throw .permissionDenied }
-        _ = try syscallRetrying { symlinkat(target, directory.fd, name) }
+        _ = try directory.withDescriptor { dir throws(Errno) in try syscallRetrying { symlinkat(target, dir, name) } }
         chownToCaller(directory, name, caller)
         return try entry(directory, name)
     }
@@ -454,12 +462,14 @@ public final class VikingFileSystem: FuseFileSystem {
         try requireWritable()
         let directory = node(parent)
         if isHidden(name) { throw .noEntry }
-        if unlinkat(directory.fd, name, AT_REMOVEDIR) == 0 { return }
-        let failure = Errno.current
-        // Hidden leftovers of an interrupted write-back would make a directory look non-empty forever.
-        guard failure == Errno(ENOTEMPTY) else { throw failure }
-        removeStaleTemporaries(in: directory, name)
-        _ = try syscallRetrying { unlinkat(directory.fd, name, AT_REMOVEDIR) }
+        try directory.withDescriptor { dir throws(Errno) in
+            if unlinkat(dir, name, AT_REMOVEDIR) == 0 { return }
+            let failure = Errno.current
+            // Hidden leftovers of an interrupted write-back would make a directory look non-empty forever.
+            guard failure == Errno(ENOTEMPTY) else { throw failure }
+            removeStaleTemporaries(in: dir, name)
+            _ = try syscallRetrying { unlinkat(dir, name, AT_REMOVEDIR) }
+        }
     }
 
     public func unlink(parent: FuseInode, name: UnsafePointer<CChar>) throws(Errno) {
@@ -467,12 +477,12 @@ public final class VikingFileSystem: FuseFileSystem {
         let directory = node(parent)
         if isHidden(name) { throw .noEntry }
         if isKeyCheck(directory, name) { throw .permissionDenied }
-        _ = try syscallRetrying { unlinkat(directory.fd, name, 0) }
+        _ = try directory.withDescriptor { dir throws(Errno) in try syscallRetrying { unlinkat(dir, name, 0) } }
     }
 
     private func isDirectory(_ parent: VikingInode, _ name: UnsafePointer<CChar>) throws(Errno) -> Bool {
         var st = stat()
-        _ = try syscallRetrying { fstatat(parent.fd, name, &st, AT_SYMLINK_NOFOLLOW) }
+        _ = try parent.withDescriptor { dir throws(Errno) in try syscallRetrying { fstatat(dir, name, &st, AT_SYMLINK_NOFOLLOW) } }
         return (st.st_mode & S_IFMT) == S_IFDIR
     }
 
@@ -494,11 +504,13 @@ public final class VikingFileSystem: FuseFileSystem {
                 throw .crossDevice
             }
         }
-        if flags == 0 {
-            _ = try syscallRetrying { renameat(from.fd, name, to.fd, newName) }
-        } else {
-            _ = try syscallRetrying { GNU.renameat2(from.fd, name, to.fd, newName, flags: flags) }
+        _ = try from.withDescriptor { a throws(Errno) in
+            try to.withDescriptor { b throws(Errno) in
+                try syscallRetrying { flags == 0 ? renameat(a, name, b, newName) : GNU.renameat2(a, name, b, newName, flags: flags) }
+            }
         }
+        inodes.renamed(to: newName, in: to)
+        if flags & GNU.renameExchange != 0 { inodes.renamed(to: name, in: from) }
     }
 
     public func link(_ inode: FuseInode, newParent: FuseInode, newName: UnsafePointer<CChar>) throws(Errno) -> FuseEntry {
@@ -551,8 +563,8 @@ public final class VikingFileSystem: FuseFileSystem {
 
     /// Removes temporary files older than this mount in `name` (a directory in `parent`): leftovers of a crash
     /// during an OVE1 write-back.
-    private func removeStaleTemporaries(in parent: VikingInode, _ name: UnsafePointer<CChar>) {
-        let fd = openat(parent.fd, name, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+    private func removeStaleTemporaries(in parentFD: Int32, _ name: UnsafePointer<CChar>) {
+        let fd = openat(parentFD, name, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
         guard fd >= 0, let dir = fdopendir(fd) else { if fd >= 0 { close(fd) }; return }
         defer { closedir(dir) }
         while let entry = Glibc.readdir(dir) {
@@ -616,8 +628,8 @@ public final class VikingFileSystem: FuseFileSystem {
             }
         }
         guard let value = opened else {
-            let where_ = FileNode.relativePath(of: target.fd, backingRoot: context.backingPath) ?? "(unlinked file)"
-            Log.error("\(where_): extended attribute \(visible) fails authentication (EIO)")
+            let location = (try? target.withDescriptor { fd throws(Errno) in FileNode.relativePath(of: fd, backingRoot: context.backingPath) }) ?? nil
+            Log.error("\(location ?? "(unlinked file)"): extended attribute \(visible) fails authentication (EIO)")
             throw .io
         }
         if buffer.count == 0 { return value.count }

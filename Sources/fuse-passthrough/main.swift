@@ -65,15 +65,15 @@ final class Passthrough: FuseFileSystem {
         try inodes.node(inode).readLink(into: buffer)
     }
     func mkdir(parent: FuseInode, name: UnsafePointer<CChar>, mode: mode_t, caller: FuseCaller) throws(Errno) -> FuseEntry {
-        _ = try syscallRetrying { mkdirat(inodes.node(parent).fd, name, mode) }
+        _ = try inodes.node(parent).withDescriptor { dir throws(Errno) in try syscallRetrying { mkdirat(dir, name, mode) } }
         return try entry(parent, name)
     }
     func mknod(parent: FuseInode, name: UnsafePointer<CChar>, mode: mode_t, device: dev_t, caller: FuseCaller) throws(Errno) -> FuseEntry {
-        _ = try syscallRetrying { mknodat(inodes.node(parent).fd, name, mode, device) }
+        _ = try inodes.node(parent).withDescriptor { dir throws(Errno) in try syscallRetrying { mknodat(dir, name, mode, device) } }
         return try entry(parent, name)
     }
     func symlink(target: UnsafePointer<CChar>, parent: FuseInode, name: UnsafePointer<CChar>, caller: FuseCaller) throws(Errno) -> FuseEntry {
-        _ = try syscallRetrying { symlinkat(target, inodes.node(parent).fd, name) }
+        _ = try inodes.node(parent).withDescriptor { dir throws(Errno) in try syscallRetrying { symlinkat(target, dir, name) } }
         return try entry(parent, name)
     }
     func link(_ inode: FuseInode, newParent: FuseInode, newName: UnsafePointer<CChar>) throws(Errno) -> FuseEntry {
@@ -81,13 +81,18 @@ final class Passthrough: FuseFileSystem {
         return try entry(newParent, newName)
     }
     func unlink(parent: FuseInode, name: UnsafePointer<CChar>) throws(Errno) {
-        _ = try syscallRetrying { unlinkat(inodes.node(parent).fd, name, 0) }
+        _ = try inodes.node(parent).withDescriptor { dir throws(Errno) in try syscallRetrying { unlinkat(dir, name, 0) } }
     }
     func rmdir(parent: FuseInode, name: UnsafePointer<CChar>) throws(Errno) {
-        _ = try syscallRetrying { unlinkat(inodes.node(parent).fd, name, AT_REMOVEDIR) }
+        _ = try inodes.node(parent).withDescriptor { dir throws(Errno) in try syscallRetrying { unlinkat(dir, name, AT_REMOVEDIR) } }
     }
     func rename(parent: FuseInode, name: UnsafePointer<CChar>, newParent: FuseInode, newName: UnsafePointer<CChar>, flags: UInt32) throws(Errno) {
-        _ = try syscallRetrying { GNU.renameat2(inodes.node(parent).fd, name, inodes.node(newParent).fd, newName, flags: flags) }
+        let from = inodes.node(parent), to = inodes.node(newParent)
+        _ = try from.withDescriptor { a throws(Errno) in
+            try to.withDescriptor { b throws(Errno) in try syscallRetrying { GNU.renameat2(a, name, b, newName, flags: flags) } }
+        }
+        inodes.renamed(to: newName, in: to)
+        if flags & GNU.renameExchange != 0 { inodes.renamed(to: name, in: from) }
     }
 
     private func openFlags(_ flags: Int32) -> Int32 {
@@ -101,8 +106,8 @@ final class Passthrough: FuseFileSystem {
         return OpenResult(handle: UInt64(fd), keepCache: true)
     }
     func create(parent: FuseInode, name: UnsafePointer<CChar>, mode: mode_t, flags: Int32, caller: FuseCaller) throws(Errno) -> (FuseEntry, OpenResult) {
-        let fd = try syscallRetrying {
-            openat(inodes.node(parent).fd, name, openFlags(flags) | O_CREAT | (flags & O_EXCL), mode)
+        let fd = try inodes.node(parent).withDescriptor { dir throws(Errno) in
+            try syscallRetrying { openat(dir, name, openFlags(flags) | O_CREAT | (flags & O_EXCL), mode) }
         }
         do throws(Errno) {
             return (try entry(parent, name), OpenResult(handle: UInt64(fd)))
@@ -119,7 +124,7 @@ final class Passthrough: FuseFileSystem {
     }
     func statfs(_ inode: FuseInode) throws(Errno) -> statvfs {
         var st = statvfs()
-        _ = try syscallRetrying { fstatvfs(inodes.root.fd, &st) }
+        _ = try inodes.root.withDescriptor { fd throws(Errno) in try syscallRetrying { fstatvfs(fd, &st) } }
         return st
     }
     func release(_ inode: FuseInode, handle: UInt64) { close(Int32(handle)) }

@@ -15,6 +15,7 @@ FAILED_NAMES=()
 
 SCRATCH=$(mktemp -d /tmp/vikingfs-test.XXXXXX)
 mount -t tmpfs -o size=2g tmpfs "$SCRATCH"
+touch -d '1 minute ago' "$SCRATCH/.started"
 
 cleanup() {
     # Unmount every FUSE mount below the scratch area, then the tmpfs itself, whatever state the test left.
@@ -88,7 +89,14 @@ tree_manifest() { # tree_manifest DIR: path, type, mode and content hash of ever
 
 finish() {
     echo
-    if [ "$FAILED" -gt 0 ]; then printf 'failed: %s\n' "${FAILED_NAMES[@]}"; fi
+    if [ "$FAILED" -gt 0 ]; then
+        printf 'failed: %s\n' "${FAILED_NAMES[@]}"
+        # The daemons' last words (a crash message says more than "transport endpoint is not connected").
+        local f
+        for f in $(find "$SCRATCH" -maxdepth 3 -name '*.log' -newer "$SCRATCH/.started" 2>/dev/null); do
+            printf -- '--- last lines of %s\n' "$f"; tail -n 15 "$f" | sed 's/^/     /'
+        done
+    fi
     echo "$PASSED passed, $FAILED failed"
     [ "$FAILED" -eq 0 ]
 }
