@@ -21,9 +21,9 @@ public struct VikingFSConfiguration {
     public var readOnly = false
     /// Largest OVE1 plaintext held in memory per open file (`-o ove1_max_size=`); beyond it, EFBIG.
     public var ove1MemoryLimit = 64 << 20
-    /// Off by default: with libfuse's high-level API and the kernel writeback cache, unlinking a closed file
-    /// makes the kernel flush its ctime for an inode libfuse has already forgotten, and the next syncfs()
-    /// reports ESTALE (seen with the plain passthrough too). `-o writeback` turns it on for speed.
+    /// The kernel writeback cache (`-o writeback`). Correct with the inode table (deleted inodes stay reachable
+    /// until the kernel forgets them), but off by default: it did not speed up trees of small files here and
+    /// slowed `rm -rf` (issue 6's note).
     public var writebackCache = false
     /// Directory listings carry attributes (READDIRPLUS), sparing a LOOKUP per listed name.
     public var readdirPlus = true
