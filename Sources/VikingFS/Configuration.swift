@@ -31,6 +31,9 @@ public struct VikingFSConfiguration {
     public var refuseLegacy = false
     public var attributeTimeout: Double = 1.0
     public var entryTimeout: Double = 1.0
+    /// The mount has `default_permissions`: the kernel checks modes. Otherwise `access` asks the backing file
+    /// system (the daemon runs as the only user who can enter).
+    public var kernelChecksPermissions = true
 
     public init(backingPath: String, keyRing: KeyRing) {
         self.backingPath = backingPath
@@ -48,6 +51,7 @@ final class FileSystemContext {
     let readOnly: Bool
     let ove1MemoryLimit: Int
     let refuseLegacy: Bool
+    let kernelChecksPermissions: Bool
     /// Keeps offsets well inside Int64 after the per-block overhead is added.
     let maxFileSize: Int64 = 1 << 50
     let startTime: time_t = time(nil)
@@ -61,6 +65,7 @@ final class FileSystemContext {
         readOnly = configuration.readOnly
         ove1MemoryLimit = configuration.ove1MemoryLimit
         refuseLegacy = configuration.refuseLegacy
+        kernelChecksPermissions = configuration.kernelChecksPermissions
     }
 
     func createNativeCipher(account: String) throws(Errno) -> NativeFileCipher {

@@ -228,6 +228,9 @@ public final class VikingFileSystem: FuseFileSystem {
 
     public func access(_ inode: FuseInode, mask: Int32) throws(Errno) {
         let target = node(inode)
+        if !context.kernelChecksPermissions && mask != F_OK && !target.isSymbolicLink {
+            _ = try target.withProcPath { path throws(Errno) in try syscallRetrying { faccessat(AT_FDCWD, path, mask, 0) } }
+        }
         if mask & W_OK != 0 {
             if context.readOnly { throw .readOnlyFileSystem }
             let st = try target.attributes()
@@ -311,6 +314,8 @@ public final class VikingFileSystem: FuseFileSystem {
         let opened = try acquire(target)
         do throws(Errno) {
             if wantsWrite && opened.kind == .legacy { throw Errno.readOnlyFileSystem }
+            // Opened read-only because the backing file refused writing (its mode, a read-only file system).
+            if wantsWrite && !opened.writableFD { throw Errno.accessDenied }
             if flags & O_TRUNC != 0 { try opened.truncate(to: 0, context: context) }
         } catch {
             release(target, opened)

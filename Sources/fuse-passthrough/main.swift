@@ -201,7 +201,11 @@ guard rootFD >= 0 else {
 }
 var configuration = FuseMountConfiguration()
 configuration.debug = debug
-configuration.options = ["fsname=\(positional[0])", "subtype=passthrough", "default_permissions"] + options
+// As vikingfs-mount: the kernel checks modes only when other users may enter.
+if (options.contains("allow_other") || options.contains("allow_root")) && !options.contains("default_permissions") {
+    options.append("default_permissions")
+}
+configuration.options = ["fsname=\(positional[0])", "subtype=passthrough"] + options
 do {
     let status = try FuseSession.run(try Passthrough(root: rootFD, writeback: writeback, readdirPlus: readdirPlus), mountpoint: positional[1], configuration: configuration) {
         readiness?.signalReady()

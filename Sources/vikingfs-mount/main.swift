@@ -250,6 +250,8 @@ configuration.refuseLegacy = refuseLegacy
 configuration.attributeTimeout = attrTimeout
 configuration.entryTimeout = entryTimeout
 
+configuration.kernelChecksPermissions = fuseOptions.contains("allow_other") || fuseOptions.contains("allow_root")
+    || fuseOptions.contains("default_permissions")
 let fileSystem: VikingFileSystem
 do {
     fileSystem = try VikingFileSystem(configuration: configuration)
@@ -259,7 +261,13 @@ do {
 
 var mountConfiguration = FuseMountConfiguration()
 mountConfiguration.debug = debug
-mountConfiguration.options = ["fsname=\(fsname ?? backing)", "subtype=\(subtype)", "default_permissions"] + fuseOptions
+// Other users reach the mount only with allow_other/allow_root; then the kernel must check file modes
+// (default_permissions), as gocryptfs does. Without them only the mounting user gets in, the daemon runs as that
+// user, and the backing file system's own checks apply: the kernel is spared a GETATTR of the parent directory
+// before nearly every create and unlink (its attributes were just invalidated by the previous one).
+let othersMayEnter = fuseOptions.contains("allow_other") || fuseOptions.contains("allow_root")
+if othersMayEnter && !fuseOptions.contains("default_permissions") { fuseOptions.append("default_permissions") }
+mountConfiguration.options = ["fsname=\(fsname ?? backing)", "subtype=\(subtype)"] + fuseOptions
 
 do {
     let status = try FuseSession.run(fileSystem, mountpoint: mountpoint, configuration: mountConfiguration) {

@@ -90,6 +90,16 @@ assert open(f'{d}/seven').read() == 'f' and open(f'{d}/7').read() == 'new'
 check "by name: the daemon kept within its limit" bash -c "[ \$(ls /proc/\$(cat '$M.pid')/fd | wc -l) -lt 1100 ]"
 check "unmount" viking_umount "$M"
 
+echo "== permissions"
+check "mounts" viking_mount "$B" "$M" -o root_key_file="$KEY"
+check "without allow_other the mount has no default_permissions (only its owner can enter)" bash -c "
+    grep \" $M fuse.vikingfs \" /proc/mounts | grep -qv default_permissions"
+check "access(2) answers from the backing file's mode: test -x false on 0644, true on 0755" bash -c "
+    echo x > '$M/acme/plain' && chmod 644 '$M/acme/plain' && ! test -x '$M/acme/plain' && chmod 755 '$M/acme/plain' && test -x '$M/acme/plain'"
+check "unmount" viking_umount "$M"
+check "with allow_other the kernel checks modes (default_permissions added)" bash -c "
+    '$BIN/vikingfs-mount' '$B' '$M' -o root_key_file='$KEY',allow_other && grep \" $M fuse.vikingfs \" /proc/mounts | grep -q default_permissions; s=\$?; fusermount3 -u '$M'; exit \$s"
+
 echo "== descriptors"
 check "mounts" viking_mount "$B" "$M" -o root_key_file="$KEY"
 check "the daemon raised its descriptor limit (to fs.nr_open with CAP_SYS_RESOURCE, else to its hard limit)" bash -c "
