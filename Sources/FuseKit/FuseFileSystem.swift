@@ -165,6 +165,9 @@ public struct FuseInitSettings {
     public var maxWrite: UInt32 = 1 << 20
     public var maxReadahead: UInt32 = 1 << 20
     public var parallelDirOps = true
+    /// False: the extended-attribute operations are not offered, and the kernel, told ENOSYS once, stops asking,
+    /// including the `security.capability` lookup it otherwise makes before every write(2).
+    public var extendedAttributes = true
     public init() {}
 }
 

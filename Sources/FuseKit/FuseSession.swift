@@ -51,6 +51,7 @@ public enum FuseSession {
         defer { box.release() }
 
         raiseDescriptorLimit()
+        ProcessMemory.limitMallocArenas(2)
 
         guard let session = fuse_session_new(&args, &ops, MemoryLayout<fuse_lowlevel_ops>.size, box.toOpaque()) else {
             throw .setup("libfuse rejected the options (see the message above): \(configuration.options.joined(separator: ","))")

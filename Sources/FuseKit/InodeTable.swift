@@ -98,6 +98,14 @@ open class BackingInode {
         try withProcPath { path throws(Errno) in try syscallRetrying { Glibc.open(path, flags & ~O_NOFOLLOW) } }
     }
 
+    fileprivate func remember(parent: BackingInode, name: UnsafePointer<CChar>) {
+        let copied = Array(UnsafeBufferPointer(start: name, count: strlen(name) + 1))
+        namesLock.withWriteLock {
+            self.parent = parent
+            self.name = copied
+        }
+    }
+
     fileprivate func replace(fd newFD: Int32, st: stat) {
         if descriptor >= 0 { close(descriptor) }
         descriptor = newFD
@@ -207,11 +215,9 @@ public final class InodeTable<Node: BackingInode> {
             nodes[key] = created
             return created
         }
-        let copied = Array(UnsafeBufferPointer(start: name, count: strlen(name) + 1))
-        namesLock.withWriteLock {
-            node.parent = parent
-            node.name = copied
-        }
+        // Only inodes without a descriptor are reached by name; the others need neither (and 47,000 cached inodes
+        // would otherwise carry 47,000 name arrays).
+        if node.descriptor < 0 { node.remember(parent: parent, name: name) }
         return node
     }
 
@@ -221,12 +227,8 @@ public final class InodeTable<Node: BackingInode> {
         guard (try? parent.withDescriptor({ directory throws(Errno) in
             try syscallRetrying { fstatat(directory, name, &st, AT_SYMLINK_NOFOLLOW) }
         })) != nil else { return }
-        guard let node = lock.withReadLock({ nodes[BackingInodeKey(st)] }) else { return }
-        let copied = Array(UnsafeBufferPointer(start: name, count: strlen(name) + 1))
-        namesLock.withWriteLock {
-            node.parent = parent
-            node.name = copied
-        }
+        guard let node = lock.withReadLock({ nodes[BackingInodeKey(st)] }), node.descriptor < 0 else { return }
+        node.remember(parent: parent, name: name)
     }
 
     /// Counts one more lookup of a node the kernel already knows (`link` returns an existing inode).
@@ -259,6 +261,18 @@ public final class InodeTable<Node: BackingInode> {
 
     /// Backing inodes the kernel currently holds.
     public var count: Int { lock.withReadLock { nodes.count } }
+}
+
+/// Locks shared by many objects, picked by the object's address: per-object state guarded without a lock
+/// allocation per object (inode tables hold tens of thousands of them). Critical sections must be short.
+public enum StripedLocks {
+    private static let stripes: [ReadWriteLock] = (0..<64).map { _ in ReadWriteLock() }
+
+    @inline(__always)
+    public static func lock(for object: AnyObject) -> ReadWriteLock {
+        let address = UInt(bitPattern: ObjectIdentifier(object).hashValue)
+        return stripes[Int((address >> 4) & 63)]
+    }
 }
 
 /// A reader-writer lock around pthread_rwlock_t, heap-allocated so its address never moves.

@@ -82,6 +82,7 @@ private func readDirectory(_ req: fuse_req_t?, _ ino: fuse_ino_t, _ size: Int, _
 }
 
 /// The C operation table. Each entry captures nothing and reaches the file system through the request.
+/// The table is built before `initialize` runs, so operations the file system turned off answer ENOSYS themselves.
 func makeOperations() -> fuse_lowlevel_ops {
     var ops = fuse_lowlevel_ops()
     ops.`init` = { userdata, conn in
@@ -260,17 +261,21 @@ func makeOperations() -> fuse_lowlevel_ops {
         }
     }
     ops.setxattr = { req, ino, name, value, size, flags in
+        guard box(req).settings.extendedAttributes else { fuse_reply_err(req, ENOSYS); return }
         replyError(req) { () throws(Errno) in
             try fs(req).setxattr(FuseInode(ino), name: name!, value: UnsafeRawBufferPointer(start: value, count: size), flags: flags)
         }
     }
     ops.getxattr = { req, ino, name, size in
+        guard box(req).settings.extendedAttributes else { fuse_reply_err(req, ENOSYS); return }
         replySized(req, size: size) { buffer throws(Errno) in try fs(req).getxattr(FuseInode(ino), name: name!, into: buffer) }
     }
     ops.listxattr = { req, ino, size in
+        guard box(req).settings.extendedAttributes else { fuse_reply_err(req, ENOSYS); return }
         replySized(req, size: size) { buffer throws(Errno) in try fs(req).listxattr(FuseInode(ino), into: buffer) }
     }
     ops.removexattr = { req, ino, name in
+        guard box(req).settings.extendedAttributes else { fuse_reply_err(req, ENOSYS); return }
         replyError(req) { () throws(Errno) in try fs(req).removexattr(FuseInode(ino), name: name!) }
     }
     ops.access = { req, ino, mask in

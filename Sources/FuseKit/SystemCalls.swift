@@ -43,6 +43,12 @@ public enum ExtendedAttributes {
     }
 }
 
+public enum ProcessMemory {
+    /// Caps glibc's malloc arenas: a daemon whose worker threads each get an arena keeps each arena's free memory
+    /// (measured on vikingfs: 6 MiB more peak RSS over the benchmark with the default of 8 per core).
+    public static func limitMallocArenas(_ count: Int32) { _ = csystem_limit_malloc_arenas(count) }
+}
+
 public enum ProcessHardening {
     /// No core dumps and no ptrace by other users' processes: a crash must not write key material to disk.
     @discardableResult

@@ -34,6 +34,9 @@ public struct VikingFSConfiguration {
     /// The mount has `default_permissions`: the kernel checks modes. Otherwise `access` asks the backing file
     /// system (the daemon runs as the only user who can enter).
     public var kernelChecksPermissions = true
+    /// Offer extended attributes (`-o noxattr` turns them off: the kernel then stops its per-write
+    /// `security.capability` lookup).
+    public var extendedAttributes = true
 
     public init(backingPath: String, keyRing: KeyRing) {
         self.backingPath = backingPath

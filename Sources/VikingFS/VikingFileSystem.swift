@@ -13,8 +13,8 @@ final class VikingInode: BackingInode {
     let account: String
     /// The key check in the backing root: readable, never writable or removable through the mount.
     let isKeyCheck: Bool
-    /// Guards `openNode`, `openCount` and `probed`.
-    let state = ReadWriteLock()
+    /// Guards `openNode`, `openCount` and `probed` (a lock shared with other inodes: no allocation per inode).
+    var state: ReadWriteLock { StripedLocks.lock(for: self) }
     /// The decrypting state of the file while any handle has it open.
     var openNode: FileNode?
     var openCount = 0
@@ -69,6 +69,7 @@ public final class VikingFileSystem: FuseFileSystem {
     private let inodes: InodeTable<VikingInode>
     private let writebackCache: Bool
     private let readdirPlus: Bool
+    private let extendedAttributes: Bool
     private let attributeTimeout: Double
     private let entryTimeout: Double
     private var settings = FuseInitSettings()
@@ -82,6 +83,7 @@ public final class VikingFileSystem: FuseFileSystem {
         inodes = InodeTable(root: VikingInode(fd: fd, st: st, account: Account.system, isKeyCheck: false))
         writebackCache = configuration.writebackCache && !configuration.readOnly
         readdirPlus = configuration.readdirPlus
+        extendedAttributes = configuration.extendedAttributes
         attributeTimeout = configuration.attributeTimeout
         entryTimeout = configuration.entryTimeout
     }
@@ -89,6 +91,7 @@ public final class VikingFileSystem: FuseFileSystem {
     public func initialize(settings: inout FuseInitSettings) {
         settings.writebackCache = writebackCache
         settings.readdirPlus = readdirPlus
+        settings.extendedAttributes = extendedAttributes
         settings.attributeTimeout = attributeTimeout
         settings.entryTimeout = entryTimeout
         self.settings = settings

@@ -44,6 +44,7 @@ Mounts an encrypted, per-account view of the AGFS directory BACKING at MOUNTPOIN
      no_legacy               refuse unsealed (legacy plaintext) files with EIO, for fully sealed trees
      writeback               enable the kernel writeback cache (see vikingfs-mount(8); off by default)
      no_readdirplus          plain directory listings (default: listings carry attributes, READDIRPLUS)
+     noxattr                 no extended attributes (ENOTSUP); spares the kernel a lookup before every write
      attr_timeout=S, entry_timeout=S   kernel attribute/entry cache lifetimes (default 1)
      verbose                 log debug messages
      ro, allow_other, allow_root, auto_unmount, fsname=NAME, subtype=NAME, default_permissions,
@@ -121,6 +122,7 @@ var blockShift = NativeFormat.defaultBlockShift
 var ove1MaxSize = 64 << 20
 var writeback = false
 var readdirPlus = true
+var extendedAttributes = true
 var refuseLegacy = false
 var verbose = false
 var attrTimeout = 1.0
@@ -161,6 +163,7 @@ for option in rawOptions {
     case "no_writeback": writeback = false
     case "readdirplus": readdirPlus = true
     case "no_readdirplus": readdirPlus = false
+    case "noxattr": extendedAttributes = false
     case "verbose": verbose = true
     case "attr_timeout", "entry_timeout":
         guard let value, let seconds = Double(value), seconds >= 0 else { fail(.usage, "\(name) must be a number of seconds") }
@@ -246,6 +249,7 @@ configuration.readOnly = readOnly
 configuration.ove1MemoryLimit = ove1MaxSize
 configuration.writebackCache = writeback
 configuration.readdirPlus = readdirPlus
+configuration.extendedAttributes = extendedAttributes
 configuration.refuseLegacy = refuseLegacy
 configuration.attributeTimeout = attrTimeout
 configuration.entryTimeout = entryTimeout
