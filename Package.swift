@@ -32,6 +32,7 @@ let package = Package(
         .executableTarget(name: "fuse-passthrough", dependencies: ["FuseKit"]),
 
         .testTarget(name: "VikingJSONTests", dependencies: ["VikingJSON"]),
+        .testTarget(name: "FuseKitTests", dependencies: ["FuseKit"]),
         .testTarget(name: "VikingCryptoTests", dependencies: ["VikingCrypto"]),
         .testTarget(name: "VikingFormatTests", dependencies: ["VikingFormat", "VikingKeys", "VikingCrypto"], exclude: ["vectors"]),
         .testTarget(name: "VikingKeysTests", dependencies: ["VikingKeys", "VikingCrypto", "VikingJSON"]),

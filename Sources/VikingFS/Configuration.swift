@@ -21,10 +21,9 @@ public struct VikingFSConfiguration {
     public var readOnly = false
     /// Largest OVE1 plaintext held in memory per open file (`-o ove1_max_size=`); beyond it, EFBIG.
     public var ove1MemoryLimit = 64 << 20
-    /// The kernel writeback cache (`-o writeback`). Correct with the inode table (deleted inodes stay reachable
-    /// until the kernel forgets them), but off by default: it did not speed up trees of small files here and
-    /// slowed `rm -rf` (issue 6's note).
-    public var writebackCache = false
+    /// The kernel writeback cache (on unless `-o no_writeback`): small writes gathered into page-sized and larger
+    /// requests. Correct with the inode table: deleted inodes stay reachable until the kernel forgets them.
+    public var writebackCache = true
     /// Directory listings carry attributes (READDIRPLUS), sparing a LOOKUP per listed name.
     public var readdirPlus = true
     /// Refuse legacy plaintext (`-o no_legacy`): once a tree is sealed, any unsealed file is damage or a plant.

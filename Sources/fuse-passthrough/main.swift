@@ -165,7 +165,8 @@ var foreground = false
 var debug = false
 var options: [String] = []
 var positional: [String] = []
-var writeback = false
+// The same kernel caching as vikingfs-mount's defaults, so the two compare like for like.
+var writeback = true
 var readdirPlus = true
 while !arguments.isEmpty {
     let a = arguments.removeFirst()
@@ -177,6 +178,7 @@ while !arguments.isEmpty {
             for option in arguments.removeFirst().split(separator: ",").map(String.init) {
                 switch option {
                 case "writeback": writeback = true
+                case "no_writeback": writeback = false
                 case "readdirplus": readdirPlus = true
                 case "no_readdirplus": readdirPlus = false
                 default: options.append(option)
@@ -184,7 +186,7 @@ while !arguments.isEmpty {
             }
         }
     case "-h", "--help":
-        print("usage: fuse-passthrough SOURCE MOUNTPOINT [-f] [-d] [-o writeback,no_readdirplus,opt,...]")
+        print("usage: fuse-passthrough SOURCE MOUNTPOINT [-f] [-d] [-o no_writeback,no_readdirplus,opt,...]")
         exit(0)
     default: positional.append(a)
     }

@@ -42,7 +42,7 @@ Mounts an encrypted, per-account view of the AGFS directory BACKING at MOUNTPOIN
      block_size=BYTES        native block size, a power of two from 4096 to 1048576 (default 4096)
      ove1_max_size=BYTES     largest OVE1 file held in memory while open (default 67108864)
      no_legacy               refuse unsealed (legacy plaintext) files with EIO, for fully sealed trees
-     writeback               enable the kernel writeback cache (see vikingfs-mount(8); off by default)
+     no_writeback            no kernel writeback cache (default: on; see vikingfs-mount(8))
      no_readdirplus          plain directory listings (default: listings carry attributes, READDIRPLUS)
      noxattr                 no extended attributes (ENOTSUP); spares the kernel a lookup before every write
      attr_timeout=S, entry_timeout=S   kernel attribute/entry cache lifetimes (default 1)
@@ -120,7 +120,7 @@ var readOnly = false
 var format = NewFileFormat.native
 var blockShift = NativeFormat.defaultBlockShift
 var ove1MaxSize = 64 << 20
-var writeback = false
+var writeback = true
 var readdirPlus = true
 var extendedAttributes = true
 var refuseLegacy = false
