@@ -159,6 +159,8 @@ public final class InodeTable<Node: BackingInode> {
 
     /// Descriptors held by inodes; past `descriptorBudget`, new inodes are reached by name.
     private var descriptorsHeld = 0
+    /// Inodes reached by name (no descriptor).
+    private var reachedByName = 0
     /// Looks up `name` in `parent` on the backing file system and counts one kernel lookup of the result.
     /// `make` builds the object for a backing inode seen for the first time; it owns the given descriptor.
     public func lookup(in parent: Node, name: UnsafePointer<CChar>,
@@ -211,7 +213,7 @@ public final class InodeTable<Node: BackingInode> {
             let created: Node
             do throws(Errno) { created = try make(fd, st) } catch { if fd >= 0 { close(fd) }; throw error }
             created.lookups = 1
-            if fd >= 0 { descriptorsHeld += 1 }
+            if fd >= 0 { descriptorsHeld += 1 } else { reachedByName += 1 }
             nodes[key] = created
             return created
         }
@@ -219,6 +221,26 @@ public final class InodeTable<Node: BackingInode> {
         // would otherwise carry 47,000 name arrays).
         if node.descriptor < 0 { node.remember(parent: parent, name: name) }
         return node
+    }
+
+    /// Before `name` in `parent` is unlinked or renamed over: if the kernel knows that inode only by name, give it a
+    /// descriptor, so it stays reachable after it loses its name (the kernel still sends it requests, for example
+    /// the writeback cache flushing its times). Costs nothing while every inode has a descriptor.
+    public func keepReachable(_ name: UnsafePointer<CChar>, in parent: Node) {
+        guard lock.withReadLock({ reachedByName > 0 }) else { return }
+        guard let fd = try? parent.withDescriptor({ directory throws(Errno) in
+            try syscallRetrying { openat(directory, name, GNU.openPath | O_NOFOLLOW | O_CLOEXEC) }
+        }) else { return }
+        var st = stat()
+        guard fstatat(fd, "", &st, GNU.atEmptyPath | AT_SYMLINK_NOFOLLOW) == 0 else { close(fd); return }
+        let attached: Bool = lock.withWriteLock {
+            guard let node = nodes[BackingInodeKey(st)], node.descriptor < 0 else { return false }
+            node.descriptor = fd
+            descriptorsHeld += 1
+            reachedByName -= 1
+            return true
+        }
+        if !attached { close(fd) }
     }
 
     /// After a rename: the inode now named `name` in `parent` (if the kernel knows it) is reached by that name.
@@ -244,7 +266,7 @@ public final class InodeTable<Node: BackingInode> {
             node.lookups -= min(lookups, node.lookups)
             if node.lookups == 0, nodes[node.key] === node {
                 nodes[node.key] = nil
-                if node.descriptor >= 0 { descriptorsHeld -= 1 }
+                if node.descriptor >= 0 { descriptorsHeld -= 1 } else { reachedByName -= 1 }
             }
         }
     }
@@ -253,7 +275,7 @@ public final class InodeTable<Node: BackingInode> {
     public func replaceBackingInode(of node: Node, fd newFD: Int32, st: stat) {
         lock.withWriteLock {
             if nodes[node.key] === node { nodes[node.key] = nil }
-            if node.descriptor < 0 { descriptorsHeld += 1 }
+            if node.descriptor < 0 { descriptorsHeld += 1; reachedByName -= 1 }
             node.replace(fd: newFD, st: st)
             if node !== root { nodes[node.key] = node }
         }

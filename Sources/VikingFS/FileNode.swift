@@ -22,6 +22,9 @@ final class FileNode {
     private(set) var cipher: NativeFileCipher?
     /// Plaintext size, authoritative while the node is open (nobody else writes the backing dir meanwhile).
     private(set) var size: Int64
+    /// The backing file may have unallocated ranges inside it (holes): a write there needs new space too, so it is
+    /// reserved like a write at the end. False for files written front to back, which then skip the reservation.
+    private var mayHaveHoles = false
     /// OVE1 content, opened and authenticated once per load; written back whole on flush/fsync/release.
     private var ove1Plaintext: [UInt8] = []
     private(set) var ove1Dirty = false
@@ -64,8 +67,11 @@ final class FileNode {
                 let header = try NativeHeader.parse(prefix)
                 let (cipher, _) = try SealedFile.openNative(header, account: account, keyRing: context.keyRing)
                 let size = header.layout.plaintextSize(forBacking: Int64(st.st_size))
-                return FileNode(fd: fd, writableFD: writableFD, account: account, backingRoot: root,
-                                kind: .native, cipher: cipher, size: size, ove1Plaintext: [])
+                let node = FileNode(fd: fd, writableFD: writableFD, account: account, backingRoot: root,
+                                    kind: .native, cipher: cipher, size: size, ove1Plaintext: [])
+                // Fewer allocated bytes than the size says: there are holes (fstat already told us, no extra call).
+                node.mayHaveHoles = Int64(st.st_blocks) * 512 < Int64(st.st_size)
+                return node
             } catch {
                 Log.error("\(displayPath): \(error); refusing to open it (EIO)")
                 throw .io
@@ -205,7 +211,9 @@ final class FileNode {
             let end = offset + Int64(data.count)
             // The whole request's space first: a full disk fails it before any piece is written.
             if let layout = cipher?.layout {
-                try reserveSpace(from: layout.storedOffset(ofBlock: offset / blockSize), to: layout.backingSize(forPlaintext: max(size, end)))
+                let lastBlockEnd = layout.storedOffset(ofBlock: (end - 1) / blockSize) + Int64(layout.storedBlockSize)
+                try reserveSpace(from: layout.storedOffset(ofBlock: offset / blockSize),
+                                 to: min(layout.backingSize(forPlaintext: max(size, end)), lastBlockEnd))
             }
             var pieceStart = offset
             while pieceStart < end {
@@ -225,6 +233,8 @@ final class FileNode {
         let end = offset + Int64(data.count)
         // A write that starts beyond the current last block first completes that partial block with zeros;
         // the blocks in between stay holes.
+        // A write past the end leaves the blocks in between as holes.
+        if offset / blockSize > (size + blockSize - 1) / blockSize { mayHaveHoles = true }
         if offset > size && size % blockSize != 0 && offset / blockSize > size / blockSize {
             try resizeBlock(size / blockSize, to: Int(blockSize))
             size = (size / blockSize + 1) * blockSize
@@ -275,7 +285,6 @@ final class FileNode {
             index += 1
         }
         let storedStart = layout.storedOffset(ofBlock: first)
-        try reserveSpace(from: storedStart, to: storedStart + Int64(written))
         try pwriteFully(fd, UnsafeRawBufferPointer(rebasing: scratch[0..<written]), at: storedStart)
         size = max(size, end)
     }
@@ -286,8 +295,8 @@ final class FileNode {
     private func reserveSpace(from start: Int64, to end: Int64) throws(Errno) {
         guard let layout = cipher?.layout else { return }
         let current = layout.backingSize(forPlaintext: size)
-        guard end > current else { return }
-        let from = max(start, current)
+        let from = mayHaveHoles ? start : max(start, current)
+        guard end > from else { return }
         if GNU.fallocate(fd, mode: GNU.fallocKeepSize, offset: from, length: end - from) != 0 {
             let error = Errno.current
             // Filesystems without fallocate simply do not get the guarantee.
@@ -406,6 +415,7 @@ final class FileNode {
                 try resizeBlock(index, to: newLength)
             }
             _ = try syscallRetrying { ftruncate(fd, off_t(layout.backingSize(forPlaintext: newSize))) }
+            if newSize > size { mayHaveHoles = true }
             size = newSize
         }
     }

@@ -485,6 +485,7 @@ public final class VikingFileSystem: FuseFileSystem {
         let directory = node(parent)
         if isHidden(name) { throw .noEntry }
         if isKeyCheck(directory, name) { throw .permissionDenied }
+        inodes.keepReachable(name, in: directory)
         _ = try directory.withDescriptor { dir throws(Errno) in try syscallRetrying { unlinkat(dir, name, 0) } }
     }
 
@@ -512,6 +513,7 @@ public final class VikingFileSystem: FuseFileSystem {
                 throw .crossDevice
             }
         }
+        if flags & GNU.renameExchange == 0 { inodes.keepReachable(newName, in: to) }
         _ = try from.withDescriptor { a throws(Errno) in
             try to.withDescriptor { b throws(Errno) in
                 try syscallRetrying { flags == 0 ? renameat(a, name, b, newName) : GNU.renameat2(a, name, b, newName, flags: flags) }

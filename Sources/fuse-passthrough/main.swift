@@ -81,6 +81,7 @@ final class Passthrough: FuseFileSystem {
         return try entry(newParent, newName)
     }
     func unlink(parent: FuseInode, name: UnsafePointer<CChar>) throws(Errno) {
+        inodes.keepReachable(name, in: inodes.node(parent))
         _ = try inodes.node(parent).withDescriptor { dir throws(Errno) in try syscallRetrying { unlinkat(dir, name, 0) } }
     }
     func rmdir(parent: FuseInode, name: UnsafePointer<CChar>) throws(Errno) {
@@ -88,6 +89,7 @@ final class Passthrough: FuseFileSystem {
     }
     func rename(parent: FuseInode, name: UnsafePointer<CChar>, newParent: FuseInode, newName: UnsafePointer<CChar>, flags: UInt32) throws(Errno) {
         let from = inodes.node(parent), to = inodes.node(newParent)
+        if flags & GNU.renameExchange == 0 { inodes.keepReachable(newName, in: to) }
         _ = try from.withDescriptor { a throws(Errno) in
             try to.withDescriptor { b throws(Errno) in try syscallRetrying { GNU.renameat2(a, name, b, newName, flags: flags) } }
         }

@@ -88,6 +88,9 @@ os.rename(f'{d}/7', f'{d}/seven'); open(f'{d}/7', 'w').write('new')
 assert open(f'{d}/seven').read() == 'f' and open(f'{d}/7').read() == 'new'
 "
 check "by name: the daemon kept within its limit" bash -c "[ \$(ls /proc/\$(cat '$M.pid')/fd | wc -l) -lt 1100 ]"
+check "by name: renaming over and removing inodes known only by name, then sync -f, reports no error" bash -c "
+    echo replacement > '$M/acme/filler/new' && mv '$M/acme/filler/new' '$M/acme/filler/5' && [ \$(cat '$M/acme/filler/5') = replacement ] \
+    && rm -rf '$M/acme/filler' && sync -f '$M' && [ ! -e '$M/acme/filler' ]"
 check "unmount" viking_umount "$M"
 
 echo "== permissions"
