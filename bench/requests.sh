@@ -10,7 +10,6 @@ SUBTREE=${1:-fs/ext4}
 SOURCE=${BENCH_LINUX_SRC:-/usr/src/linux-source-6.1.tar.xz}
 [ -r "$SOURCE" ] || { echo "$SOURCE missing (apt-get install linux-source-6.1)" >&2; exit 1; }
 scratch_setup requests 2g
-[ -x "$BIN/fuse-passthrough" ] || swift build -c release --product fuse-passthrough >/dev/null
 mkdir -p "$W/src"
 tar -xJf "$SOURCE" -C "$W/src" "linux-source-6.1/$SUBTREE"
 tar -cf "$W/tree.tar" -C "$W/src" linux-source-6.1

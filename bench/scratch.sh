@@ -4,7 +4,10 @@
 scratch_setup() {
     cd "$(dirname "${BASH_SOURCE[1]}")/.."
     BIN=${VIKINGFS_BIN:-.build/release}
-    [ -x "$BIN/vikingfs-mount" ] || swift build -c release --product vikingfs-mount >/dev/null
+    # Always (incrementally) built: a stale release binary would measure old code.
+    if [ -z "${VIKINGFS_BIN:-}" ]; then
+        swift build -c release --product vikingfs-mount >/dev/null && swift build -c release --product fuse-passthrough >/dev/null
+    fi
     W=$(mktemp -d "/tmp/vikingfs-$1.XXXXXX")
     mount -t tmpfs -o "size=$2" tmpfs "$W"
     trap scratch_cleanup EXIT
