@@ -12,6 +12,7 @@
 extern int renameat2(int olddirfd, const char *oldpath, int newdirfd, const char *newpath, unsigned int flags);
 extern int fallocate(int fd, int mode, off_t offset, off_t len);
 extern int syncfs(int fd);
+extern int dup3(int oldfd, int newfd, int flags);
 enum { CSYSTEM_RENAME_NOREPLACE = 1, CSYSTEM_RENAME_EXCHANGE = 2, CSYSTEM_FALLOC_FL_KEEP_SIZE = 1 };
 // O_PATH and AT_EMPTY_PATH are GNU-only in glibc's headers; the values are Linux's ABI.
 enum { CSYSTEM_O_PATH = 010000000, CSYSTEM_AT_EMPTY_PATH = 0x1000 };

@@ -107,8 +107,14 @@ open class BackingInode {
     }
 
     fileprivate func replace(fd newFD: Int32, st: stat) {
-        if descriptor >= 0 { close(descriptor) }
-        descriptor = newFD
+        if descriptor >= 0 {
+            // Same descriptor number, new inode, in one step: a request using the number meanwhile sees the old
+            // inode or the new one, never a closed (or reused) descriptor.
+            _ = GNU.dup3(newFD, descriptor, flags: O_CLOEXEC)
+            close(newFD)
+        } else {
+            descriptor = newFD
+        }
         key = BackingInodeKey(st)
     }
 }

@@ -14,6 +14,9 @@ public enum GNU {
         CSystem.renameat2(oldDir, old, newDir, new, flags)
     }
 
+    /// dup2 that keeps close-on-exec on the new descriptor.
+    public static func dup3(_ old: Int32, _ new: Int32, flags: Int32) -> Int32 { CSystem.dup3(old, new, flags) }
+
     public static func fallocate(_ fd: Int32, mode: Int32, offset: Int64, length: Int64) -> Int32 {
         CSystem.fallocate(fd, mode, off_t(offset), off_t(length))
     }
