@@ -1,5 +1,7 @@
 // A plain passthrough over FuseKit: mirrors SOURCE at MOUNTPOINT with no transformation.
-// It exists so the benchmark can show the cost of the binding on its own, beside vikingfs.
+// It exists so the benchmark can show the cost of the binding on its own, beside vikingfs: same kernel caching
+// defaults (writeback cache, READDIRPLUS), same inode table. It keeps no per-inode open state, so fstat(2) of an
+// unlinked open file fails for inodes past the descriptor budget (vikingfs answers it from the open file).
 import FuseKit
 #if canImport(Glibc)
 import Glibc
