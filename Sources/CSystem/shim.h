@@ -15,7 +15,7 @@ extern int syncfs(int fd);
 extern int dup3(int oldfd, int newfd, int flags);
 enum { CSYSTEM_RENAME_NOREPLACE = 1, CSYSTEM_RENAME_EXCHANGE = 2, CSYSTEM_FALLOC_FL_KEEP_SIZE = 1 };
 // O_PATH and AT_EMPTY_PATH are GNU-only in glibc's headers; the values are Linux's ABI.
-enum { CSYSTEM_O_PATH = 010000000, CSYSTEM_AT_EMPTY_PATH = 0x1000 };
+enum { CSYSTEM_O_PATH = 010000000, CSYSTEM_AT_EMPTY_PATH = 0x1000, CSYSTEM_SEEK_HOLE = 4 };
 
 // At most `count` malloc arenas: glibc otherwise gives busy threads an arena each, and their free lists add up.
 static inline int csystem_limit_malloc_arenas(int count) { return mallopt(M_ARENA_MAX, count); }

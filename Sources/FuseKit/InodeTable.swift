@@ -206,7 +206,8 @@ public final class InodeTable<Node: BackingInode> {
             return root
         }
         let node = try lock.withWriteLock { () throws(Errno) -> Node in
-            if let known = nodes[key] {
+            // The same inode number with another type is a new inode (the old one lost its last name meanwhile).
+            if let known = nodes[key], known.type == st.st_mode & S_IFMT {
                 if fd >= 0 { close(fd) }
                 known.lookups += 1
                 return known
@@ -220,6 +221,9 @@ public final class InodeTable<Node: BackingInode> {
             do throws(Errno) { created = try make(fd, st) } catch { if fd >= 0 { close(fd) }; throw error }
             created.lookups = 1
             if fd >= 0 { descriptorsHeld += 1 } else { reachedByName += 1 }
+            // The kernel's lookups own the object (released when they reach 0), not the index: the index entry may
+            // be replaced (a reused inode number, an OVE1 write-back) while the kernel still holds this address.
+            _ = Unmanaged.passRetained(created)
             nodes[key] = created
             return created
         }
@@ -259,22 +263,18 @@ public final class InodeTable<Node: BackingInode> {
         node.remember(parent: parent, name: name)
     }
 
-    /// Counts one more lookup of a node the kernel already knows (`link` returns an existing inode).
-    public func retain(_ node: Node) {
-        guard node !== root else { return }
-        lock.withWriteLock { node.lookups += 1 }
-    }
-
     public func forget(_ inode: FuseInode, lookups: UInt64) {
         guard inode != FuseInode.root else { return }
         let node = self.node(inode)
-        lock.withWriteLock {
+        let gone: Bool = lock.withWriteLock {
+            guard node.lookups > 0 else { return false }
             node.lookups -= min(lookups, node.lookups)
-            if node.lookups == 0, nodes[node.key] === node {
-                nodes[node.key] = nil
-                if node.descriptor >= 0 { descriptorsHeld -= 1 } else { reachedByName -= 1 }
-            }
+            guard node.lookups == 0 else { return false }
+            if nodes[node.key] === node { nodes[node.key] = nil }
+            if node.descriptor >= 0 { descriptorsHeld -= 1 } else { reachedByName -= 1 }
+            return true
         }
+        if gone { Unmanaged.passUnretained(node).release() }
     }
 
     /// The backing inode behind `node` was replaced (written to a new file, renamed over the old one): follow it.
@@ -283,7 +283,8 @@ public final class InodeTable<Node: BackingInode> {
             if nodes[node.key] === node { nodes[node.key] = nil }
             if node.descriptor < 0 { descriptorsHeld += 1; reachedByName -= 1 }
             node.replace(fd: newFD, st: st)
-            if node !== root { nodes[node.key] = node }
+            // Someone may have looked the new inode up already (and owns that entry): then leave it.
+            if node !== root && nodes[node.key] == nil { nodes[node.key] = node }
         }
     }
 
@@ -419,15 +420,14 @@ public final class DirectoryStream {
             let next = Int64(entry.pointee.d_off)
             let type = mode_t(entry.pointee.d_type) << 12
             let inode = UInt64(entry.pointee.d_ino)
+            // Unknown until the entry is taken: an error in `body` must make the next call seek back to it.
+            position = -1
             let taken = try withUnsafePointer(to: entry.pointee.d_name) { raw throws(Errno) -> Bool in
                 try raw.withMemoryRebound(to: CChar.self, capacity: 256) { name throws(Errno) -> Bool in
                     try body(name, inode, type, next)
                 }
             }
-            guard taken else {
-                position = -1
-                return
-            }
+            guard taken else { return }
             position = next
         }
     }

@@ -9,6 +9,8 @@ public enum GNU {
     public static let openPath: Int32 = Int32(CSYSTEM_O_PATH)
     /// `*at` calls on the fd itself when the path is "".
     public static let atEmptyPath: Int32 = Int32(CSYSTEM_AT_EMPTY_PATH)
+    /// lseek to the next hole at or after the offset (the file's size when there is none).
+    public static let seekHole: Int32 = Int32(CSYSTEM_SEEK_HOLE)
 
     public static func renameat2(_ oldDir: Int32, _ old: UnsafePointer<CChar>, _ newDir: Int32, _ new: UnsafePointer<CChar>, flags: UInt32) -> Int32 {
         CSystem.renameat2(oldDir, old, newDir, new, flags)

@@ -69,8 +69,11 @@ final class FileNode {
                 let size = header.layout.plaintextSize(forBacking: Int64(st.st_size))
                 let node = FileNode(fd: fd, writableFD: writableFD, account: account, backingRoot: root,
                                     kind: .native, cipher: cipher, size: size, ove1Plaintext: [])
-                // Fewer allocated bytes than the size says: there are holes (fstat already told us, no extra call).
-                node.mayHaveHoles = Int64(st.st_blocks) * 512 < Int64(st.st_size)
+                // Allocation counts (st_blocks) can hide holes (metadata blocks, preallocation), so ask for one.
+                if Int64(st.st_size) > Int64(NativeFormat.headerLength) {
+                    let hole = lseek(fd, off_t(NativeFormat.headerLength), GNU.seekHole)
+                    node.mayHaveHoles = hole < 0 || Int64(hole) < Int64(st.st_size)
+                }
                 return node
             } catch {
                 Log.error("\(displayPath): \(error); refusing to open it (EIO)")
@@ -436,13 +439,15 @@ final class FileNode {
     /// leaves the old envelope or the new one. `relativePath` is the file's current backing path.
     /// Returns the attributes of the new backing file, which replaced the old one (now `fd`), or nil when nothing
     /// was written.
-    func commitOVE1(context: FileSystemContext) throws(Errno) -> stat? {
-        try lock.withWriteLock { () throws(Errno) -> stat? in
-            guard kind == .ove1, ove1Dirty else { return nil }
+    /// `replaced` runs under this node's lock once the new file is in place, so concurrent commits hand the inode
+    /// table their new backing inodes in the order they happened.
+    func commitOVE1(context: FileSystemContext, replaced onReplaced: (stat) -> Void) throws(Errno) {
+        try lock.withWriteLock { () throws(Errno) in
+            guard kind == .ove1, ove1Dirty else { return }
             guard let relativePath = FileNode.relativePath(of: fd, backingRoot: backingRoot) else {
                 // Unlinked while open: nothing to write back.
                 ove1Dirty = false
-                return nil
+                return
             }
             let envelope: [UInt8]
             do {
@@ -464,6 +469,13 @@ final class FileNode {
                 _ = fchmod(tempFD, original.st_mode & 0o7777)
                 copyExtendedAttributes(from: fd, to: tempFD)
                 _ = try syscallRetrying { Glibc.fsync(tempFD) }
+                // The name must still lead to this file (a rename since the path was read would otherwise make the
+                // write-back replace another file).
+                var current = stat()
+                guard fstatat(context.rootFD, relativePath, &current, AT_SYMLINK_NOFOLLOW) == 0,
+                      current.st_dev == original.st_dev, current.st_ino == original.st_ino else {
+                    throw Errno(EAGAIN)
+                }
                 _ = try syscallRetrying { renameat(context.rootFD, temp, context.rootFD, relativePath) }
             } catch {
                 close(tempFD)
@@ -474,10 +486,12 @@ final class FileNode {
             syncDirectory(context.rootFD, directory)
             var replaced = stat()
             fstat(tempFD, &replaced)
-            close(fd)
-            fd = tempFD
+            // Same descriptor number, new file, in one step: readers of `fd` outside this lock (fstat, fchmod,
+            // fsync) never meet a closed or reused number.
+            _ = GNU.dup3(tempFD, fd, flags: O_CLOEXEC)
+            close(tempFD)
             ove1Dirty = false
-            return replaced
+            onReplaced(replaced)
         }
     }
 

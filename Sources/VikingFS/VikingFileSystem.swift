@@ -251,34 +251,42 @@ public final class VikingFileSystem: FuseFileSystem {
 
     // MARK: Open files
 
-    /// Opens (or joins) the decrypting state of a backing regular file.
+    /// Opens (or joins) the decrypting state of a backing regular file. The loading (a header, or a whole OVE1
+    /// envelope, opened and authenticated) happens outside the inode's lock, which other inodes share; if another
+    /// opener installed its state meanwhile, that one is joined and this one dropped.
     private func acquire(_ inode: VikingInode) throws(Errno) -> FileNode {
-        try inode.state.withWriteLock { () throws(Errno) -> FileNode in
-            if let open = inode.openNode {
-                inode.openCount += 1
-                return open
+        if let joined = join(inode) { return joined }
+        var writableFD = !context.readOnly
+        var fd: Int32 = -1
+        if writableFD {
+            do throws(Errno) { fd = try inode.reopen(flags: O_RDWR | O_CLOEXEC) } catch {
+                guard [Errno(EACCES), .readOnlyFileSystem, Errno(ETXTBSY), .permissionDenied].contains(error) else { throw error }
+                writableFD = false
             }
-            var writableFD = !context.readOnly
-            var fd: Int32 = -1
-            if writableFD {
-                do throws(Errno) { fd = try inode.reopen(flags: O_RDWR | O_CLOEXEC) } catch {
-                    guard [Errno(EACCES), .readOnlyFileSystem, Errno(ETXTBSY), .permissionDenied].contains(error) else { throw error }
-                    writableFD = false
-                }
-            }
-            if fd < 0 { fd = try inode.reopen(flags: O_RDONLY | O_CLOEXEC) }
-            var st = stat()
-            guard fstat(fd, &st) == 0 else { let e = Errno.current; close(fd); throw e }
-            let loaded: FileNode
-            do throws(Errno) {
-                loaded = try FileNode.load(fd: fd, st: st, writableFD: writableFD, account: inode.account, context: context)
-            } catch {
-                close(fd)
-                throw error
-            }
+        }
+        if fd < 0 { fd = try inode.reopen(flags: O_RDONLY | O_CLOEXEC) }
+        var st = stat()
+        guard fstat(fd, &st) == 0 else { let e = Errno.current; close(fd); throw e }
+        let loaded: FileNode
+        do throws(Errno) {
+            loaded = try FileNode.load(fd: fd, st: st, writableFD: writableFD, account: inode.account, context: context)
+        } catch {
+            close(fd)
+            throw error
+        }
+        return inode.state.withWriteLock {
+            inode.openCount += 1
+            if let raced = inode.openNode { return raced }
             inode.openNode = loaded
-            inode.openCount = 1
             return loaded
+        }
+    }
+
+    private func join(_ inode: VikingInode) -> FileNode? {
+        inode.state.withWriteLock {
+            guard let open = inode.openNode else { return nil }
+            inode.openCount += 1
+            return open
         }
     }
 
@@ -293,9 +301,10 @@ public final class VikingFileSystem: FuseFileSystem {
     /// inode then follows.
     private func commit(_ inode: VikingInode, _ node: FileNode) throws(Errno) {
         guard node.kind == .ove1, node.ove1Dirty else { return }
-        guard let replaced = try node.commitOVE1(context: context) else { return }
-        let pathFD = withProcPath(node.fd) { Glibc.open($0, GNU.openPath | O_CLOEXEC) }
-        if pathFD >= 0 { inodes.replaceBackingInode(of: inode, fd: pathFD, st: replaced) }
+        try node.commitOVE1(context: context) { replaced in
+            let pathFD = withProcPath(node.fd) { Glibc.open($0, GNU.openPath | O_CLOEXEC) }
+            if pathFD >= 0 { inodes.replaceBackingInode(of: inode, fd: pathFD, st: replaced) }
+        }
     }
 
     /// OVE1 files bypass the page cache: their size limit (EFBIG) and write-back errors must reach the writing
@@ -470,6 +479,7 @@ public final class VikingFileSystem: FuseFileSystem {
         try requireWritable()
         let directory = node(parent)
         if isHidden(name) { throw .noEntry }
+        inodes.keepReachable(name, in: directory)
         try directory.withDescriptor { dir throws(Errno) in
             if unlinkat(dir, name, AT_REMOVEDIR) == 0 { return }
             let failure = Errno.current

@@ -87,6 +87,7 @@ final class Passthrough: FuseFileSystem {
         _ = try inodes.node(parent).withDescriptor { dir throws(Errno) in try syscallRetrying { unlinkat(dir, name, 0) } }
     }
     func rmdir(parent: FuseInode, name: UnsafePointer<CChar>) throws(Errno) {
+        inodes.keepReachable(name, in: inodes.node(parent))
         _ = try inodes.node(parent).withDescriptor { dir throws(Errno) in try syscallRetrying { unlinkat(dir, name, AT_REMOVEDIR) } }
     }
     func rename(parent: FuseInode, name: UnsafePointer<CChar>, newParent: FuseInode, newName: UnsafePointer<CChar>, flags: UInt32) throws(Errno) {
