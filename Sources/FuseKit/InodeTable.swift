@@ -70,11 +70,9 @@ open class BackingInode {
     private func openByName() throws(Errno) -> Int32 {
         let (parent, name) = namesLock.withReadLock { (self.parent, self.name) }
         guard let parent, !name.isEmpty else { throw Errno(ESTALE) }
-        let fd = try parent.withDescriptor { directory throws(Errno) in
-            try syscallRetrying { openat(directory, name, GNU.openPath | O_NOFOLLOW | O_CLOEXEC) }
-        }
+        let fd = try parent.withDescriptor { directory throws(Errno) in try syscallRetrying { openPath(directory, name) } }
         var st = stat()
-        guard fstatat(fd, "", &st, GNU.atEmptyPath | AT_SYMLINK_NOFOLLOW) == 0, BackingInodeKey(st) == key else {
+        guard lstat(descriptor: fd, &st) == 0, BackingInodeKey(st) == key else {
             close(fd)
             throw Errno(ESTALE)
         }
@@ -84,7 +82,7 @@ open class BackingInode {
     /// `lstat` of the backing inode.
     public func attributes() throws(Errno) -> stat {
         var st = stat()
-        _ = try withDescriptor { fd throws(Errno) in try syscallRetrying { fstatat(fd, "", &st, GNU.atEmptyPath | AT_SYMLINK_NOFOLLOW) } }
+        _ = try withDescriptor { fd throws(Errno) in try syscallRetrying { lstat(descriptor: fd, &st) } }
         return st
     }
 
@@ -117,6 +115,27 @@ open class BackingInode {
         }
         key = BackingInodeKey(st)
     }
+}
+
+/// An `O_PATH` descriptor naming `name` in `directory` (not following a final symlink); -1 and errno on failure.
+private func openPath(_ directory: Int32, _ name: UnsafePointer<CChar>) -> Int32 {
+    openat(directory, name, GNU.openPath | O_NOFOLLOW | O_CLOEXEC)
+}
+
+/// `lstat` of the inode an `O_PATH` descriptor names.
+private func lstat(descriptor fd: Int32, _ st: inout stat) -> Int32 {
+    fstatat(fd, "", &st, GNU.atEmptyPath | AT_SYMLINK_NOFOLLOW)
+}
+
+/// An `O_PATH` descriptor of the file an open descriptor refers to (wherever it lives now); -1 on failure.
+public func pathDescriptor(of openFD: Int32) -> Int32 {
+    withProcPath(openFD) { open($0, GNU.openPath | O_CLOEXEC) }
+}
+
+/// True for "." and "..", which READDIRPLUS lists without a lookup.
+@inline(__always)
+public func isDotOrDotDot(_ name: UnsafePointer<CChar>) -> Bool {
+    name[0] == 0x2e && (name[1] == 0 || (name[1] == 0x2e && name[2] == 0))
 }
 
 /// "/proc/self/fd/N" without an allocation.
@@ -176,14 +195,14 @@ public final class InodeTable<Node: BackingInode> {
         var fd: Int32 = -1
         if withinBudget {
             fd = try parent.withDescriptor { directory throws(Errno) -> Int32 in
-                let opened = openat(directory, name, GNU.openPath | O_NOFOLLOW | O_CLOEXEC)
+                let opened = openPath(directory, name)
                 if opened < 0 && (errno == EMFILE || errno == ENFILE) { return -1 }
                 if opened < 0 { throw Errno.current }
                 return opened
             }
         }
         if fd >= 0 {
-            guard fstatat(fd, "", &st, GNU.atEmptyPath | AT_SYMLINK_NOFOLLOW) == 0 else {
+            guard lstat(descriptor: fd, &st) == 0 else {
                 let error = Errno.current
                 close(fd)
                 throw error
@@ -238,11 +257,10 @@ public final class InodeTable<Node: BackingInode> {
     /// the writeback cache flushing its times). Costs nothing while every inode has a descriptor.
     public func keepReachable(_ name: UnsafePointer<CChar>, in parent: Node) {
         guard lock.withReadLock({ reachedByName > 0 }) else { return }
-        guard let fd = try? parent.withDescriptor({ directory throws(Errno) in
-            try syscallRetrying { openat(directory, name, GNU.openPath | O_NOFOLLOW | O_CLOEXEC) }
-        }) else { return }
+        guard let fd = try? parent.withDescriptor({ directory throws(Errno) in try syscallRetrying { openPath(directory, name) } })
+        else { return }
         var st = stat()
-        guard fstatat(fd, "", &st, GNU.atEmptyPath | AT_SYMLINK_NOFOLLOW) == 0 else { close(fd); return }
+        guard lstat(descriptor: fd, &st) == 0 else { close(fd); return }
         let attached: Bool = lock.withWriteLock {
             guard let node = nodes[BackingInodeKey(st)], node.descriptor < 0 else { return false }
             node.descriptor = fd

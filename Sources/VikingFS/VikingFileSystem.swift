@@ -97,9 +97,6 @@ public final class VikingFileSystem: FuseFileSystem {
         self.settings = settings
     }
 
-    /// Backing inodes the kernel currently holds (each with one descriptor).
-    public var knownInodes: Int { inodes.count }
-
     // MARK: Names and accounts
 
     /// The account of `name` in `parent`: a directory directly in the root is its own account (when the name is a
@@ -302,7 +299,7 @@ public final class VikingFileSystem: FuseFileSystem {
     private func commit(_ inode: VikingInode, _ node: FileNode) throws(Errno) {
         guard node.kind == .ove1, node.ove1Dirty else { return }
         try node.commitOVE1(context: context) { replaced in
-            let pathFD = withProcPath(node.fd) { Glibc.open($0, GNU.openPath | O_CLOEXEC) }
+            let pathFD = pathDescriptor(of: node.fd)
             if pathFD >= 0 { inodes.replaceBackingInode(of: inode, fd: pathFD, st: replaced) }
         }
     }
@@ -368,7 +365,7 @@ public final class VikingFileSystem: FuseFileSystem {
             throw error
         }
         // Without a descriptor to spare (EMFILE), the inode is reached by name.
-        let pathFD = withProcPath(fd) { Glibc.open($0, GNU.openPath | O_CLOEXEC) }
+        let pathFD = pathDescriptor(of: fd)
         let inode = try inodes.adopt(fd: pathFD, st: st, parent: directory, name: name) { fd, st throws(Errno) in
             VikingInode(fd: fd, st: st, account: account, isKeyCheck: false)
         }
@@ -689,9 +686,4 @@ public final class VikingFileSystem: FuseFileSystem {
             try syscallRetrying { ExtendedAttributes.remove(path: path, name: backingName) }
         }
     }
-}
-
-@inline(__always)
-private func isDotOrDotDot(_ name: UnsafePointer<CChar>) -> Bool {
-    name[0] == 0x2e && (name[1] == 0 || (name[1] == 0x2e && name[2] == 0))
 }

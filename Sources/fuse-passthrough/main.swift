@@ -145,8 +145,7 @@ final class Passthrough: FuseFileSystem {
     func readdir(_ inode: FuseInode, handle: UInt64, offset: Int64, into buffer: inout DirectoryBuffer) throws(Errno) {
         let directory = inodes.node(inode)
         try stream(handle).list(from: offset) { name, ino, type, next throws(Errno) -> Bool in
-            let dots = name[0] == 0x2e && (name[1] == 0 || (name[1] == 0x2e && name[2] == 0))
-            guard buffer.wantsAttributes, !dots else { return buffer.add(name, inode: ino, type: type, nextOffset: next) }
+            guard buffer.wantsAttributes, !isDotOrDotDot(name) else { return buffer.add(name, inode: ino, type: type, nextOffset: next) }
             let (node, st) = try inodes.lookup(in: directory, name: name) { fd, st in BackingInode(fd: fd, st: st) }
             let found = FuseEntry(inode: inodes.fuseInode(node), attributes: st)
             if buffer.add(name, entry: found, settings: settings, nextOffset: next) { return true }
