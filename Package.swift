@@ -19,7 +19,9 @@ let package = Package(
         .systemLibrary(name: "CArgon2", pkgConfig: "libargon2", providers: [.apt(["libargon2-dev"])]),
 
         .target(name: "VikingJSON"),
-        .target(name: "FuseKit", dependencies: ["CFuse", "CSystem"]),
+        // C, not a module map: per-thread request facts need one definition (libfuse 3.14's missing INIT flags).
+        .target(name: "CFuseWire", dependencies: ["CFuse"]),
+        .target(name: "FuseKit", dependencies: ["CFuse", "CFuseWire", "CSystem"]),
         .target(name: "VikingCrypto", dependencies: ["COpenSSL"]),
         .target(name: "VikingFormat", dependencies: ["VikingCrypto", "VikingKeys"]),
         .target(name: "VikingKeys", dependencies: ["COpenSSL", "VikingCrypto", "VikingJSON"]),

@@ -164,7 +164,17 @@ public struct FuseInitSettings {
     public var readdirPlus = false
     public var maxWrite: UInt32 = 1 << 20
     public var maxReadahead: UInt32 = 1 << 20
+    /// Lookups and listings in one directory run in parallel (libfuse's default, which 3.14 never tells the
+    /// kernel; FuseKit adds it to the INIT reply).
     public var parallelDirOps = true
+    /// The kernel keeps symlink targets in its page cache (nothing else changes them: a symlink's target is fixed).
+    public var cacheSymlinks = true
+    /// FUSE_HANDLE_KILLPRIV_V2: FuseKit, not the kernel, clears set-user-ID and set-group-ID when a caller
+    /// without CAP_FSETID writes, truncates or chowns (through the file system's own getattr/setattr), and the
+    /// kernel in return stops asking for `security.capability` before every write(2) once it has seen a file
+    /// without one (SB_NOSEC). Capabilities themselves stay the kernel's: it still removes them, as it checks
+    /// each file once.
+    public var handleKillPrivileges = true
     /// False: the extended-attribute operations are not offered, and the kernel, told ENOSYS once, stops asking,
     /// including the `security.capability` lookup it otherwise makes before every write(2).
     public var extendedAttributes = true

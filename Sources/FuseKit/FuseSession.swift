@@ -1,4 +1,5 @@
 import CFuse
+import CFuseWire
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -57,12 +58,16 @@ public enum FuseSession {
             throw .setup("libfuse rejected the options (see the message above): \(configuration.options.joined(separator: ","))")
         }
         defer { fuse_session_destroy(session) }
+        box.takeUnretainedValue().session = session
         guard fuse_set_signal_handlers(session) == 0 else { throw .setup("cannot install signal handlers") }
         defer { fuse_remove_signal_handlers(session) }
         guard fuse_session_mount(session, mountpoint) == 0 else {
             throw .mount("cannot mount on \(mountpoint) (see the message above)")
         }
         defer { fuse_session_unmount(session) }
+        // Before the loop reads INIT: libfuse 3.14's INIT reply lacks flags FuseKit needs (see CFuseWire.h).
+        let installed = cfusewire_install(session)
+        guard installed == 0 else { throw .setup("cannot route the FUSE device through FuseKit: \(Errno(-installed))") }
 
         mounted()
 

@@ -1,4 +1,5 @@
 import CFuse
+import CFuseWire
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -6,6 +7,8 @@ import Glibc
 final class FileSystemBox {
     let fileSystem: FuseFileSystem
     var settings = FuseInitSettings()
+    /// Set once the session exists, before any request: for notifications to the kernel.
+    var session: OpaquePointer?
     init(_ fileSystem: FuseFileSystem) { self.fileSystem = fileSystem }
 }
 
@@ -50,6 +53,54 @@ private func apply(_ result: OpenResult, to fi: UnsafeMutablePointer<fuse_file_i
     fi.pointee.fh = result.handle
     fi.pointee.direct_io = result.directIO ? 1 : 0
     fi.pointee.keep_cache = result.keepCache ? 1 : 0
+}
+
+/// The kernel's FUSE_HANDLE_KILLPRIV_V2 contract, for a request whose caller lacks CAP_FSETID (the kernel marks it;
+/// `CFuseWire` reads the mark): set-user-ID goes; set-group-ID goes when the file is group-executable or the caller
+/// is not in the file's group (the VFS's rule, `setattr_should_drop_sgid`). Done with the file system's own
+/// getattr/setattr, so every file system on FuseKit keeps the promise without code of its own; a marked request on
+/// a file without those bits costs one getattr.
+enum SetIDDrop {
+    static let setUserID: mode_t = 0o4000
+    static let setGroupID: mode_t = 0o2000
+    static let groupExecute: mode_t = 0o0010
+
+    static var requested: Bool { cfusewire_request_drops_setid() != 0 }
+
+    /// The mode without the bits the request's caller may not keep.
+    static func mode(_ mode: mode_t, group: gid_t, callerIsMember: (gid_t) -> Bool) -> mode_t {
+        guard mode & S_IFMT == S_IFREG, mode & (setUserID | setGroupID) != 0 else { return mode }
+        var kept = mode & ~setUserID
+        if kept & setGroupID != 0 && (kept & groupExecute != 0 || !callerIsMember(group)) { kept &= ~setGroupID }
+        return kept
+    }
+
+    /// The mode `st` should change to for this request, or nil.
+    static func change(for st: stat, request: fuse_req_t?) -> mode_t? {
+        let kept = mode(st.st_mode, group: st.st_gid) { callerBelongs(to: $0, request: request) }
+        return kept == st.st_mode ? nil : kept & 0o7777
+    }
+
+    /// Drops the bits if the request asks and the file has them. A reply without attributes (WRITE, OPEN) leaves
+    /// the kernel showing the old mode until its cache expires, so the kernel is told to forget the attributes;
+    /// attributes only (offset < 0), which waits on no page and is safe inside the request.
+    static func apply(_ fileSystem: FuseFileSystem, _ inode: FuseInode, handle: UInt64?, request: fuse_req_t?) throws(Errno) {
+        guard requested else { return }
+        guard let mode = change(for: try fileSystem.getattr(inode, handle: handle), request: request) else { return }
+        var changes = AttributeChanges()
+        changes.mode = mode
+        _ = try fileSystem.setattr(inode, changes, handle: handle)
+        if let session = box(request).session { _ = fuse_lowlevel_notify_inval_inode(session, fuse_ino_t(inode), -1, 0) }
+    }
+
+    private static func callerBelongs(to group: gid_t, request: fuse_req_t?) -> Bool {
+        let caller = FuseCaller(request)
+        if caller.gid == group { return true }
+        // Rare (a set-group-ID file without group execute): libfuse reads the caller's /proc status.
+        var groups = [gid_t](repeating: 0, count: 256)
+        let count = fuse_req_getgroups(request, Int32(groups.count), &groups)
+        return count > 0 && groups.prefix(Int(min(count, Int32(groups.count)))).contains(group)
+    }
 }
 
 /// Replies to size-probing calls (getxattr, listxattr): an empty request gets the size, otherwise the bytes.
@@ -98,6 +149,12 @@ func makeOperations() -> fuse_lowlevel_ops {
         want(FUSE_CAP_PARALLEL_DIROPS, settings.parallelDirOps)
         want(FUSE_CAP_READDIRPLUS, settings.readdirPlus)
         want(FUSE_CAP_READDIRPLUS_AUTO, settings.readdirPlus)
+        // Flags libfuse 3.14 cannot send; added to its INIT reply where the kernel offered them (CFuseWire).
+        var extra: UInt32 = 0
+        if settings.parallelDirOps { extra |= UInt32(CFUSEWIRE_PARALLEL_DIROPS) }
+        if settings.cacheSymlinks { extra |= UInt32(CFUSEWIRE_CACHE_SYMLINKS) }
+        if settings.handleKillPrivileges { extra |= UInt32(CFUSEWIRE_HANDLE_KILLPRIV_V2) }
+        cfusewire_request_init_flags(extra)
         conn.pointee.max_write = settings.maxWrite
         conn.pointee.max_readahead = settings.maxReadahead
         box.settings = settings
@@ -137,7 +194,13 @@ func makeOperations() -> fuse_lowlevel_ops {
     }
     ops.setattr = { req, ino, attr, valid, fi in
         replyAttributes(req) { () throws(Errno) in
-            try fs(req).setattr(FuseInode(ino), AttributeChanges(attr!.pointee, valid: valid), handle: handle(fi))
+            let fileSystem = fs(req)
+            var changes = AttributeChanges(attr!.pointee, valid: valid)
+            // Truncate or chown by a caller without CAP_FSETID (KILLPRIV_V2): the bits go in the same change.
+            if SetIDDrop.requested && changes.mode == nil {
+                changes.mode = SetIDDrop.change(for: try fileSystem.getattr(FuseInode(ino), handle: handle(fi)), request: req)
+            }
+            return try fileSystem.setattr(FuseInode(ino), changes, handle: handle(fi))
         }
     }
     ops.readlink = { req, ino in
@@ -183,6 +246,13 @@ func makeOperations() -> fuse_lowlevel_ops {
     ops.open = { req, ino, fi in
         do throws(Errno) {
             let result = try fs(req).open(FuseInode(ino), flags: fi!.pointee.flags)
+            do throws(Errno) {
+                // open(O_TRUNC) by a caller without CAP_FSETID (KILLPRIV_V2).
+                try SetIDDrop.apply(fs(req), FuseInode(ino), handle: result.handle, request: req)
+            } catch {
+                fs(req).release(FuseInode(ino), handle: result.handle)
+                throw error
+            }
             apply(result, to: fi!)
             if fuse_reply_open(req, fi) == -ENOENT {
                 // The opener was interrupted: nobody will release this handle.
@@ -195,8 +265,20 @@ func makeOperations() -> fuse_lowlevel_ops {
     ops.create = { req, parent, name, mode, fi in
         let box = box(req)
         do throws(Errno) {
-            let (entry, result) = try box.fileSystem.create(parent: FuseInode(parent), name: name!, mode: mode,
+            var (entry, result) = try box.fileSystem.create(parent: FuseInode(parent), name: name!, mode: mode,
                                                              flags: fi!.pointee.flags, caller: FuseCaller(req))
+            // O_CREAT|O_TRUNC that met an existing file (its set-ID bits are not the ones asked for) by a caller
+            // without CAP_FSETID (KILLPRIV_V2). A new file keeps the mode it was created with.
+            if SetIDDrop.requested && entry.attributes.st_mode & (SetIDDrop.setUserID | SetIDDrop.setGroupID) & ~mode != 0 {
+                do throws(Errno) {
+                    try SetIDDrop.apply(box.fileSystem, entry.inode, handle: result.handle, request: req)
+                    entry.attributes = try box.fileSystem.getattr(entry.inode, handle: result.handle)
+                } catch {
+                    box.fileSystem.release(entry.inode, handle: result.handle)
+                    box.fileSystem.forget(entry.inode, lookups: 1)
+                    throw error
+                }
+            }
             apply(result, to: fi!)
             var parameters = entry.parameters(box.settings)
             if fuse_reply_create(req, &parameters, fi) == -ENOENT {
@@ -218,6 +300,8 @@ func makeOperations() -> fuse_lowlevel_ops {
     }
     ops.write = { req, ino, buf, size, offset, fi in
         do throws(Errno) {
+            // Before the data, as the VFS does (KILLPRIV_V2; only writes of callers without CAP_FSETID are marked).
+            try SetIDDrop.apply(fs(req), FuseInode(ino), handle: fi!.pointee.fh, request: req)
             let n = try fs(req).write(FuseInode(ino), handle: fi!.pointee.fh,
                                       from: UnsafeRawBufferPointer(start: buf, count: size), offset: Int64(offset))
             fuse_reply_write(req, n)

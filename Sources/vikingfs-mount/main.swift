@@ -44,7 +44,7 @@ Mounts an encrypted, per-account view of the AGFS directory BACKING at MOUNTPOIN
      no_legacy               refuse unsealed (legacy plaintext) files with EIO, for fully sealed trees
      no_writeback            no kernel writeback cache (default: on; see vikingfs-mount(8))
      no_readdirplus          plain directory listings (default: listings carry attributes, READDIRPLUS)
-     noxattr                 no extended attributes (ENOTSUP); spares the kernel a lookup before every write
+     noxattr                 no extended attributes (ENOTSUP); spares the kernel one lookup per file
      attr_timeout=S, entry_timeout=S   kernel attribute/entry cache lifetimes (default 1)
      verbose                 log debug messages
      ro, allow_other, allow_root, auto_unmount, fsname=NAME, subtype=NAME, default_permissions,

@@ -1,0 +1,37 @@
+#ifndef VIKINGFS_CFUSEWIRE_H
+#define VIKINGFS_CFUSEWIRE_H
+// The FUSE wire below libfuse 3.14: what its INIT reply cannot say and what its request decoding drops.
+//
+// libfuse 3.14 builds its INIT reply from a fixed list of capabilities. It never sends FUSE_PARALLEL_DIROPS
+// (its own default; the kernel then serializes lookups and readdir per directory), has no
+// FUSE_HANDLE_KILLPRIV_V2 (without it the kernel asks for security.capability before every write(2), one
+// round trip each), and does not hand the file system the kernel's "drop set-user-ID/set-group-ID" flags.
+// These hooks sit on libfuse's custom I/O interface (fuse_session_custom_io): `read` notes the request
+// facts for the thread that will serve it (libfuse's loops read and serve a request on one thread), and
+// `writev` adds the extra INIT flags the kernel offered.
+#include <stdint.h>
+
+struct fuse_session;
+
+// Kernel INIT flags (include/uapi/linux/fuse.h), checked against <linux/fuse.h> in the implementation.
+enum {
+    CFUSEWIRE_PARALLEL_DIROPS = 1u << 18,
+    CFUSEWIRE_CACHE_SYMLINKS = 1u << 23,
+    CFUSEWIRE_HANDLE_KILLPRIV_V2 = 1u << 28,
+};
+
+// Routes the session's device I/O through the hooks. Call after fuse_session_mount, before the loop.
+// Returns 0 or a negative errno.
+int cfusewire_install(struct fuse_session *session);
+
+// The flags to add to libfuse's INIT reply, each only if the kernel offered it. Call from the init callback.
+void cfusewire_request_init_flags(uint32_t flags);
+
+// After INIT: which of the requested flags went to the kernel.
+uint32_t cfusewire_granted_init_flags(void);
+
+// Whether the request this thread is serving carries the kernel's FUSE_WRITE_KILL_SUIDGID (WRITE),
+// FATTR_KILL_SUIDGID (SETATTR) or FUSE_OPEN_KILL_SUIDGID (OPEN, CREATE): the caller lacks CAP_FSETID,
+// and under FUSE_HANDLE_KILLPRIV_V2 the file system clears S_ISUID, and S_ISGID when group-executable.
+int cfusewire_request_drops_setid(void);
+#endif
