@@ -1,4 +1,5 @@
 import COpenSSL
+import Synchronization
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -7,32 +8,30 @@ import Glibc
 ///
 /// The buffer is `mlock`ed so it is not written to swap (best effort: a failing `mlock` is not fatal,
 /// the bytes are still wiped) and excluded from core dumps with `MADV_DONTDUMP` where the kernel allows it.
+/// Keys (up to `SecretSlots.slotBytes`) take a slot of such pages (every file open makes one); larger secrets
+/// get pages of their own.
 public final class SecureBytes: @unchecked Sendable {
     private let storage: UnsafeMutableRawBufferPointer
     /// Distinguishes keys for the per-thread cipher context cache without comparing key bytes.
     public let identity: UInt64
+    /// 0: a slot of `SecretSlots`; otherwise the bytes of the buffer's own locked pages.
+    private let ownPagesBytes: Int
 
     public var count: Int { storage.count }
 
     /// A zero-filled buffer of `count` bytes.
     public init(count: Int) {
         precondition(count >= 0)
-        let pageSize = Int(sysconf(Int32(_SC_PAGESIZE)))
-        let rounded = max(pageSize, (count + pageSize - 1) / pageSize * pageSize)
-        var raw: UnsafeMutableRawPointer? = nil
-        if posix_memalign(&raw, pageSize, rounded) != 0 || raw == nil {
-            raw = UnsafeMutableRawPointer.allocate(byteCount: rounded, alignment: 16)
+        if count <= SecretSlots.slotBytes {
+            storage = UnsafeMutableRawBufferPointer(start: SecretSlots.take(), count: count)
+            ownPagesBytes = 0
+        } else {
+            let rounded = LockedPages.rounded(count)
+            storage = UnsafeMutableRawBufferPointer(start: LockedPages.allocate(rounded), count: count)
+            ownPagesBytes = rounded
         }
-        let base = raw!
-        memset(base, 0, rounded)
-        _ = mlock(base, rounded)
-        _ = madvise(base, rounded, MADV_DONTDUMP)
-        storage = UnsafeMutableRawBufferPointer(start: base, count: count)
-        allocatedBytes = rounded
-        identity = SecureBytes.nextIdentity()
+        identity = SecureBytes.identities.add(1, ordering: .relaxed).newValue
     }
-
-    private let allocatedBytes: Int
 
     /// Copies `bytes` into a new secure buffer. The caller remains responsible for wiping its own copy.
     public convenience init<C: Collection>(copying bytes: C) where C.Element == UInt8 {
@@ -49,9 +48,12 @@ public final class SecureBytes: @unchecked Sendable {
     }
 
     deinit {
-        if let base = storage.baseAddress {
-            OPENSSL_cleanse(base, allocatedBytes)
-            _ = munlock(base, allocatedBytes)
+        guard let base = storage.baseAddress else { return }
+        if ownPagesBytes == 0 {
+            SecretSlots.give(base)
+        } else {
+            OPENSSL_cleanse(base, ownPagesBytes)
+            _ = munlock(base, ownPagesBytes)
             free(base)
         }
     }
@@ -85,20 +87,51 @@ public final class SecureBytes: @unchecked Sendable {
         return hex
     }
 
-    private static let counter = AtomicCounter()
-    private static func nextIdentity() -> UInt64 { counter.next() }
+    private static let identities = Atomic<UInt64>(0)
 }
 
-/// A tiny lock-protected counter; key creation is rare, so a mutex is fine here.
-final class AtomicCounter: @unchecked Sendable {
-    private var value: UInt64 = 0
-    private var mutex = pthread_mutex_t()
-    init() { pthread_mutex_init(&mutex, nil) }
-    func next() -> UInt64 {
-        pthread_mutex_lock(&mutex)
-        defer { pthread_mutex_unlock(&mutex) }
-        value &+= 1
-        return value
+/// Page-aligned, zeroed, `mlock`ed memory kept out of core dumps (`MADV_DONTDUMP`).
+enum LockedPages {
+    static let pageSize = Int(sysconf(Int32(_SC_PAGESIZE)))
+
+    static func rounded(_ count: Int) -> Int { max(pageSize, (count + pageSize - 1) / pageSize * pageSize) }
+
+    static func allocate(_ bytes: Int) -> UnsafeMutableRawPointer {
+        var raw: UnsafeMutableRawPointer? = nil
+        if posix_memalign(&raw, pageSize, bytes) != 0 || raw == nil {
+            raw = UnsafeMutableRawPointer.allocate(byteCount: bytes, alignment: 16)
+        }
+        let base = raw!
+        memset(base, 0, bytes)
+        _ = mlock(base, bytes)
+        _ = madvise(base, bytes, MADV_DONTDUMP)
+        return base
+    }
+}
+
+/// Slots for small secrets on shared locked pages: `mlock` and `MADV_DONTDUMP` run once per chunk, not once per
+/// key (three system calls and a page on every file open otherwise). A released slot is wiped, then reused; chunks
+/// stay for the life of the process, so they hold at most as many slots as keys were ever alive at once.
+enum SecretSlots {
+    static let slotBytes = 64
+    static let chunkBytes = 64 * 1024
+    /// Addresses of wiped, unused slots.
+    private static let unused = Mutex<[UInt]>([])
+
+    static func take() -> UnsafeMutableRawPointer {
+        if let address = unused.withLock({ $0.popLast() }), let slot = UnsafeMutableRawPointer(bitPattern: address) {
+            return slot
+        }
+        let chunk = LockedPages.allocate(chunkBytes)
+        unused.withLock { list in
+            for offset in stride(from: slotBytes, to: chunkBytes, by: slotBytes) { list.append(UInt(bitPattern: chunk + offset)) }
+        }
+        return chunk
+    }
+
+    static func give(_ slot: UnsafeMutableRawPointer) {
+        OPENSSL_cleanse(slot, slotBytes)
+        unused.withLock { $0.append(UInt(bitPattern: slot)) }
     }
 }
 

@@ -120,3 +120,32 @@ struct HelperTests {
         #expect(SHA256.hex(Array("abc".utf8)) == "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad")
     }
 }
+
+@Suite("SecureBytes memory")
+struct SecureBytesMemoryTests {
+    /// Keys share locked slots that are reused: a reused slot must come back wiped, and live keys must never overlap.
+    @Test func slotsComeBackWipedAndNeverOverlap() {
+        var live: [SecureBytes] = []
+        for round in 0..<3 {
+            for _ in 0..<3000 {
+                let key = SecureBytes(count: 32)
+                let clean = key.withUnsafeBytes { $0.allSatisfy { $0 == 0 } }
+                #expect(clean, "round \(round): a key buffer was not zero when handed out")
+                key.withUnsafeMutableBytes { $0.initializeMemory(as: UInt8.self, repeating: 0xA5) }
+                live.append(key)
+            }
+            let addresses = Set(live.map { k in k.withUnsafeBytes { UInt(bitPattern: $0.baseAddress) } })
+            #expect(addresses.count == live.count, "two live keys share memory")
+            live.removeAll()
+        }
+    }
+
+    @Test func largerSecretsKeepTheirBytes() {
+        let big = SecureBytes(copying: (0..<5000).map { UInt8(truncatingIfNeeded: $0) })
+        #expect(big.count == 5000)
+        #expect(big.withUnsafeBytes { Array($0) } == (0..<5000).map { UInt8(truncatingIfNeeded: $0) })
+        let edge = SecureBytes(copying: [UInt8](repeating: 7, count: 64))
+        let past = SecureBytes(copying: [UInt8](repeating: 9, count: 65))
+        #expect(edge.withUnsafeBytes { $0.allSatisfy { $0 == 7 } } && past.withUnsafeBytes { $0.allSatisfy { $0 == 9 } })
+    }
+}
