@@ -24,7 +24,8 @@ final class FileNode {
     private(set) var size: Int64
     /// The backing file may have unallocated ranges inside it (holes): a write there needs new space too, so it is
     /// reserved like a write at the end. False for files written front to back, which then skip the reservation.
-    private var mayHaveHoles = false
+    /// nil until a write inside the file first asks (SEEK_HOLE): most opens only read and never pay for it.
+    private var mayHaveHoles: Bool?
     /// OVE1 content, opened and authenticated once per load; written back whole on flush/fsync/release.
     private var ove1Plaintext: [UInt8] = []
     private(set) var ove1Dirty = false
@@ -67,14 +68,8 @@ final class FileNode {
                 let header = try NativeHeader.parse(prefix)
                 let (cipher, _) = try SealedFile.openNative(header, account: account, keyRing: context.keyRing)
                 let size = header.layout.plaintextSize(forBacking: Int64(st.st_size))
-                let node = FileNode(fd: fd, writableFD: writableFD, account: account, backingRoot: root,
-                                    kind: .native, cipher: cipher, size: size, ove1Plaintext: [])
-                // Allocation counts (st_blocks) can hide holes (metadata blocks, preallocation), so ask for one.
-                if Int64(st.st_size) > Int64(NativeFormat.headerLength) {
-                    let hole = lseek(fd, off_t(NativeFormat.headerLength), GNU.seekHole)
-                    node.mayHaveHoles = hole < 0 || Int64(hole) < Int64(st.st_size)
-                }
-                return node
+                return FileNode(fd: fd, writableFD: writableFD, account: account, backingRoot: root,
+                                kind: .native, cipher: cipher, size: size, ove1Plaintext: [])
             } catch {
                 Log.error("\(displayPath): \(error); refusing to open it (EIO)")
                 throw .io
@@ -298,7 +293,7 @@ final class FileNode {
     private func reserveSpace(from start: Int64, to end: Int64) throws(Errno) {
         guard let layout = cipher?.layout else { return }
         let current = layout.backingSize(forPlaintext: size)
-        let from = mayHaveHoles ? start : max(start, current)
+        let from = start >= current || backingMayHaveHoles(below: current) ? start : current
         guard end > from else { return }
         if GNU.fallocate(fd, mode: GNU.fallocKeepSize, offset: from, length: end - from) != 0 {
             let error = Errno.current
@@ -307,6 +302,18 @@ final class FileNode {
             if error == .noSpace { Log.warning("\(displayPath): no space left on the backing file system (ENOSPC)") }
             throw error
         }
+    }
+
+    /// Allocation counts (st_blocks) can hide holes (metadata blocks, preallocation), so this asks for one.
+    private func backingMayHaveHoles(below backingSize: Int64) -> Bool {
+        if let known = mayHaveHoles { return known }
+        var found = false
+        if backingSize > Int64(NativeFormat.headerLength) {
+            let hole = lseek(fd, off_t(NativeFormat.headerLength), GNU.seekHole)
+            found = hole < 0 || Int64(hole) < backingSize
+        }
+        mayHaveHoles = found
+        return found
     }
 
     /// Random nonces for a batch of blocks; an all-zero nonce is reserved for holes and never used.

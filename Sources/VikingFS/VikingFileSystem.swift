@@ -18,14 +18,29 @@ final class VikingInode: BackingInode {
     /// The decrypting state of the file while any handle has it open.
     var openNode: FileNode?
     var openCount = 0
-    /// The format of a file that is not open, valid while the backing ctime is unchanged (any write or rename
-    /// changes it), so `ls -l` of a large tree does not open every file twice.
+    /// The format of a file that is not open, so `ls -l` of a large tree does not open every file twice.
     var probed: Probe?
 
+    /// Valid while the backing file keeps its inode number, size and modification time. Not the ctime: chmod,
+    /// chown, utimes, link, unlink and rename change it without touching content, and the kernel's writeback cache
+    /// follows every unlink with a SETATTR whose reply would otherwise re-read the header of a deleted file. A
+    /// format changes only with content (a first write to an empty file, an OVE1 write-back to a new inode).
     struct Probe {
-        let ctime: timespec
+        let inode: ino_t
+        let size: off_t
+        let modified: timespec
+
         let kind: FileKind
         let shift: UInt8
+
+        init(_ st: stat, kind: FileKind, shift: UInt8) {
+            (inode, size, modified, self.kind, self.shift) = (st.st_ino, st.st_size, st.st_mtim, kind, shift)
+        }
+
+        func matches(_ st: stat) -> Bool {
+            inode == st.st_ino && size == st.st_size
+                && modified.tv_sec == st.st_mtim.tv_sec && modified.tv_nsec == st.st_mtim.tv_nsec
+        }
     }
 
     init(fd: Int32, st: stat, account: String, isKeyCheck: Bool) {
@@ -175,7 +190,7 @@ public final class VikingFileSystem: FuseFileSystem {
         let shift: UInt8
         if st.st_size == 0 {
             (kind, shift) = (.empty, 0)
-        } else if let probed, probed.ctime.tv_sec == st.st_ctim.tv_sec, probed.ctime.tv_nsec == st.st_ctim.tv_nsec {
+        } else if let probed, probed.matches(st) {
             (kind, shift) = (probed.kind, probed.shift)
         } else {
             (kind, shift) = probe(inode, st)
@@ -199,7 +214,7 @@ public final class VikingFileSystem: FuseFileSystem {
         let kind = FileKind.classify(prefix: Array(prefix.prefix(max(0, n))), size: Int64(st.st_size))
         var shift = NativeFormat.defaultBlockShift
         if kind == .native && n >= 6 && NativeFormat.blockShiftRange.contains(prefix[5]) { shift = prefix[5] }
-        inode.state.withWriteLock { inode.probed = VikingInode.Probe(ctime: st.st_ctim, kind: kind, shift: shift) }
+        inode.state.withWriteLock { inode.probed = VikingInode.Probe(st, kind: kind, shift: shift) }
         return (kind, shift)
     }
 
