@@ -368,10 +368,9 @@ public extension BackingInode {
             var pair = [times.access, times.modification]
             if let openFD {
                 _ = try syscallRetrying { futimens(openFD, &pair) }
-            } else if isSymbolicLink {
-                _ = try withDescriptor { fd throws(Errno) in try syscallRetrying { utimensat(fd, "", &pair, GNU.atEmptyPath | AT_SYMLINK_NOFOLLOW) } }
             } else {
-                _ = try withProcPath { path throws(Errno) in try syscallRetrying { utimensat(AT_FDCWD, path, &pair, 0) } }
+                // On the O_PATH descriptor itself: no walk of a /proc path (the writeback cache sends times often).
+                _ = try withDescriptor { fd throws(Errno) in try syscallRetrying { utimensat(fd, "", &pair, GNU.atEmptyPath | AT_SYMLINK_NOFOLLOW) } }
             }
         }
     }
