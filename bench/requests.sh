@@ -1,45 +1,86 @@
 #!/usr/bin/env bash
-# FUSE requests per file for the tree workloads: a count that does not move with machine load, unlike seconds.
-# Mounts vikingfs (and FuseKit's passthrough) with libfuse's debug log, untars a source subtree, lists it cold,
-# reads every file cold and removes the tree, and counts the kernel's requests of each kind per phase.
-#   bench/requests.sh [SUBTREE]                  default: fs/ext4 of Debian's linux-source-6.1
+# FUSE requests per file for the tree workloads, for vikingfs and each peer: counts that do not move with machine
+# load, unlike seconds. Counted by the kernel itself (tracepoints fuse:fuse_request_send / fuse_request_end, Linux
+# 6.13 and later), so every daemon is measured the same way and none runs with a debug log. Untars a source subtree,
+# lists it cold, reads every file cold and removes the tree; prints requests per file by kind and the mean time
+# from the kernel sending each kind of request to the daemon's answer.
+#   bench/requests.sh [SUBTREE]                       default: fs/ext4 of Debian's linux-source-6.1
 #   VIKINGFS_OPTIONS=no_writeback bench/requests.sh   to compare a mount option
+#   REQUEST_FILESYSTEMS="vikingfs securefs"           which to measure (default: all that are installed)
+# FORGET is not counted: the kernel queues forgets outside its request path, so the tracepoints never see them.
 set -euo pipefail
 source "$(dirname "$0")/scratch.sh"
 SUBTREE=${1:-fs/ext4}
 SOURCE=${BENCH_LINUX_SRC:-/usr/src/linux-source-6.1.tar.xz}
 [ -r "$SOURCE" ] || { echo "$SOURCE missing (apt-get install linux-source-6.1)" >&2; exit 1; }
+TRACE=/sys/kernel/tracing
+[ -d "$TRACE/events" ] || mount -t tracefs nodev "$TRACE"
+[ -d "$TRACE/events/fuse/fuse_request_send" ] || { echo "this kernel has no fuse tracepoints (Linux 6.13 or later)" >&2; exit 1; }
+command -v bc >/dev/null || apt-get install -y -qq bc >/dev/null
+
 scratch_setup requests 2g
 mkdir -p "$W/src"
 tar -xJf "$SOURCE" -C "$W/src" "linux-source-6.1/$SUBTREE"
 tar -cf "$W/tree.tar" -C "$W/src" linux-source-6.1
 files=$(find "$W/src" -type f | wc -l)
 echo "tree: $SUBTREE, $files files; vikingfs options: ${VIKINGFS_OPTIONS:-defaults}"
+echo "per phase: requests per file, then each kind as count/mean µs from send to answer"
 
-count() { # count LOG: "N OPCODE" lines of one phase, then empties the log
-    grep -a -oE 'opcode: [A-Z_]+' "$1" | awk '{print $2}' | sort | uniq -c | sort -rn | awk '{printf "%s %s, ", $1, $2}'
-    : > "$1"
+tracing() { # tracing on|off
+    local v=0; [ "$1" = on ] && v=1
+    if [ $v = 1 ]; then echo > "$TRACE/trace"; fi
+    echo $v > "$TRACE/events/fuse/fuse_request_send/enable"
+    echo $v > "$TRACE/events/fuse/fuse_request_end/enable"
+    echo $v > "$TRACE/tracing_on"
+}
+trap 'tracing off 2>/dev/null || true; scratch_cleanup' EXIT
+
+# phase NAME LABEL CONNECTION COMMAND...: runs the command with tracing on and prints that connection's requests.
+phase() {
+    local name=$1 label=$2 connection=$3; shift 3
+    tracing on; "$@"; tracing off
+    awk -v c="$connection" -v files="$files" -v name="$name" -v label="$label" '
+        { conn = ""; for (i = 1; i <= NF; i++) { if ($i == "connection") conn = $(i+1); if ($i == "req") u = $(i+1); if ($i == "opcode") op = $(i+2) } }
+        conn != c { next }
+        { t = $4; sub(/:$/, "", t) }
+        /fuse_request_send:/ { gsub(/[()]|FUSE_/, "", op); start[u] = t; kind[u] = op; n[op]++; total++ }
+        /fuse_request_end:/ && (u in start) { sum[kind[u]] += t - start[u]; done[kind[u]]++; delete start[u] }
+        END {
+            line = sprintf("%-12s %-7s %5.1f/file ", name, label, total / files)
+            m = 0; for (k in n) order[++m] = k
+            for (i = 1; i <= m; i++) for (j = i + 1; j <= m; j++) if (n[order[j]] > n[order[i]]) { x = order[i]; order[i] = order[j]; order[j] = x }
+            for (i = 1; i <= m; i++) { k = order[i]; line = line sprintf(" %d %s/%.0f", n[k], k, done[k] ? sum[k] / done[k] * 1e6 : 0) }
+            print line
+        }' "$TRACE/trace"
 }
 
-measure() { # measure NAME BINARY [OPTIONS...]
-    local name=$1 binary=$2; shift 2
-    mkdir -p "$W/b-$name" "$W/m"
-    "$binary" "$W/b-$name" "$W/m" -d "$@" >"$W/$name.log" 2>&1 &
-    for _ in $(seq 1 100); do grep -q " $W/m fuse" /proc/mounts && break; sleep 0.1; done
-    : > "$W/$name.log"
-    local total before
-    tar -xf "$W/tree.tar" -C "$W/m"; sync -f "$W/m"
-    before=$(grep -a -c 'opcode:' "$W/$name.log"); printf '%-12s untar   %5.1f/file  %s\n' "$name" "$(echo "$before / $files" | bc -l)" "$(count "$W/$name.log")"
-    echo 3 > /proc/sys/vm/drop_caches; ls -lR "$W/m" >/dev/null
-    before=$(grep -a -c 'opcode:' "$W/$name.log"); printf '%-12s ls -lR  %5.1f/file  %s\n' "$name" "$(echo "$before / $files" | bc -l)" "$(count "$W/$name.log")"
-    echo 3 > /proc/sys/vm/drop_caches; find "$W/m" -type f -print0 | xargs -0 cat >/dev/null
-    before=$(grep -a -c 'opcode:' "$W/$name.log"); printf '%-12s cat     %5.1f/file  %s\n' "$name" "$(echo "$before / $files" | bc -l)" "$(count "$W/$name.log")"
-    rm -rf "$W/m/linux-source-6.1"
-    before=$(grep -a -c 'opcode:' "$W/$name.log"); printf '%-12s rm -rf  %5.1f/file  %s\n' "$name" "$(echo "$before / $files" | bc -l)" "$(count "$W/$name.log")"
-    fusermount3 -u "$W/m"
+mount_fs() { # mount_fs NAME BACKING MOUNTPOINT
+    case $1 in
+        vikingfs) "$BIN/vikingfs-mount" "$2" "$3" -o "root_key_file=$W/key${VIKINGFS_OPTIONS:+,$VIKINGFS_OPTIONS}" ;;
+        passthrough) "$BIN/fuse-passthrough" "$2" "$3" ;;
+        securefs) securefs create --pass pw --pbkdf pkcs5-pbkdf2-hmac-sha256 -r 1000 "$2" >/dev/null &&
+                  securefs mount -b --log "$W/securefs.log" --pass pw "$2" "$3" >/dev/null ;;
+        gocryptfs) gocryptfs -init -q -extpass "echo pw" -scryptn 10 "$2" && gocryptfs -q -extpass "echo pw" "$2" "$3" ;;
+    esac
+}
+
+measure() { # measure NAME
+    local name=$1 m=$W/m
+    mkdir -p "$W/b-$name" "$m"
+    mount_fs "$name" "$W/b-$name" "$m" || { echo "$name: mount failed" >&2; return 1; }
+    for _ in $(seq 1 100); do grep -q " $m fuse" /proc/mounts && break; sleep 0.1; done
+    local connection; connection=$(stat -c %d "$m")
+    phase "$name" untar "$connection" sh -c "tar -xf '$W/tree.tar' -C '$m' && sync -f '$m'"
+    echo 3 > /proc/sys/vm/drop_caches
+    phase "$name" "ls -lR" "$connection" sh -c "ls -lR '$m' >/dev/null"
+    echo 3 > /proc/sys/vm/drop_caches
+    phase "$name" cat "$connection" sh -c "find '$m' -type f -print0 | xargs -0 cat >/dev/null"
+    phase "$name" "rm -rf" "$connection" rm -rf "$m/linux-source-6.1"
+    fusermount3 -u "$m"
     sleep 0.5
 }
 
-command -v bc >/dev/null || apt-get install -y -qq bc >/dev/null
-measure vikingfs "$BIN/vikingfs-mount" -o "root_key_file=$W/key${VIKINGFS_OPTIONS:+,$VIKINGFS_OPTIONS}"
-measure passthrough "$BIN/fuse-passthrough" ${PASSTHROUGH_OPTIONS:+-o "$PASSTHROUGH_OPTIONS"}
+for name in ${REQUEST_FILESYSTEMS:-vikingfs passthrough securefs gocryptfs}; do
+    case $name in securefs|gocryptfs) command -v "$name" >/dev/null || { echo "$name not installed: skipped (bench/run installs it)"; continue; } ;; esac
+    measure "$name"
+done
