@@ -21,6 +21,11 @@ private let descriptorBudget: Int = {
     return max(0, soft - max(1024, soft / 8))
 }()
 
+/// Past this many descriptors only directories get new ones. A directory reached by name makes each use of an
+/// inode below it that is reached by name resolve two names instead of one (more, deeper down); directories are
+/// few (6% of a Linux source tree), so an eighth of the budget kept for them covers most trees.
+private let fileDescriptorShare: Int = descriptorBudget - descriptorBudget / 8
+
 /// Guards every inode's parent and name (read on the slow path, written by lookups and renames).
 private let namesLock = ReadWriteLock()
 
@@ -191,16 +196,17 @@ public final class InodeTable<Node: BackingInode> {
     public func lookup(in parent: Node, name: UnsafePointer<CChar>,
                        make: (Int32, stat) throws(Errno) -> Node) throws(Errno) -> (Node, stat) {
         var st = stat()
-        let withinBudget = lock.withReadLock { descriptorsHeld < descriptorBudget }
-        var fd: Int32 = -1
-        if withinBudget {
-            fd = try parent.withDescriptor { directory throws(Errno) -> Int32 in
+        let held = lock.withReadLock { descriptorsHeld }
+        func openDescriptor() throws(Errno) -> Int32 {
+            try parent.withDescriptor { directory throws(Errno) -> Int32 in
                 let opened = openPath(directory, name)
                 if opened < 0 && (errno == EMFILE || errno == ENFILE) { return -1 }
                 if opened < 0 { throw Errno.current }
                 return opened
             }
         }
+        var fd: Int32 = -1
+        if held < fileDescriptorShare { fd = try openDescriptor() }
         if fd >= 0 {
             guard lstat(descriptor: fd, &st) == 0 else {
                 let error = Errno.current
@@ -210,6 +216,17 @@ public final class InodeTable<Node: BackingInode> {
         } else {
             _ = try parent.withDescriptor { directory throws(Errno) in
                 try syscallRetrying { fstatat(directory, name, &st, AT_SYMLINK_NOFOLLOW) }
+            }
+            // The part of the budget kept for directories.
+            if held < descriptorBudget && st.st_mode & S_IFMT == S_IFDIR {
+                fd = try openDescriptor()
+                var opened = stat()
+                if fd >= 0 && (lstat(descriptor: fd, &opened) != 0 || BackingInodeKey(opened) != BackingInodeKey(st)) {
+                    close(fd)
+                    fd = -1
+                } else if fd >= 0 {
+                    st = opened
+                }
             }
         }
         return (try adopt(fd: fd, st: st, parent: parent, name: name, make: make), st)
@@ -232,7 +249,7 @@ public final class InodeTable<Node: BackingInode> {
                 return known
             }
             var fd = fd
-            if fd >= 0 && descriptorsHeld >= descriptorBudget {
+            if fd >= 0 && descriptorsHeld >= (st.st_mode & S_IFMT == S_IFDIR ? descriptorBudget : fileDescriptorShare) {
                 close(fd)
                 fd = -1
             }
