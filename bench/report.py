@@ -3,7 +3,7 @@
 
 usage: report.py WORK_DIR RESULTS_DIR
 
-WORK_DIR holds meta.tsv (key<TAB>value) and one <fs>.tsv per filesystem
+WORK_DIR holds meta.tsv (key<TAB>value) and one <fs>.round<N>.tsv per filesystem and round
 (metric<TAB>value, plus a 'status' line). Only the standard library is needed for
 the table; the chart needs matplotlib and is skipped (with a warning) without it.
 """
@@ -90,20 +90,31 @@ def main():
     labels = {"stream": size_label(meta.get("stream_mib", 1024)), "small": size_label(meta.get("small_file_mib", 1))}
 
     fs_data = {}
+    rounds = int(meta.get("rounds", 1))
     for name in order:
-        path = os.path.join(work, f"{name}.tsv")
-        raw = read_tsv(path) if os.path.exists(path) else {"status": "not run"}
-        figures = {}
-        for key, _, _, _ in METRICS:
-            if key in raw:
+        runs = []
+        for r in range(1, rounds + 1):
+            path = os.path.join(work, f"{name}.round{r}.tsv")
+            runs.append(read_tsv(path) if os.path.exists(path) else {"status": "not run"})
+        # Each figure's best over the rounds (the machine's drift favours none), except peak RSS: the worst.
+        figures, per_round = {}, {}
+        for key, _, better, _ in METRICS:
+            values = []
+            for raw in runs:
                 try:
-                    figures[key] = float(raw[key])
-                except ValueError:
+                    values.append(float(raw[key]))
+                except (KeyError, ValueError):
                     pass
+            if values:
+                per_round[key] = values
+                figures[key] = max(values) if key == "rss_mib" else best_of(values, better)
         if "tail_small_ops" in figures and "tail_big_ops" in figures and figures["tail_small_ops"] > 0:
             figures["tail_ratio"] = figures["tail_big_ops"] / figures["tail_small_ops"]
-        fs_data[name] = {"status": raw.get("status", "unknown"), "figures": figures,
-                         "raw": {k: v for k, v in raw.items() if k != "status"}}
+        statuses = [raw.get("status", "unknown") for raw in runs]
+        status = "ok" if all(st == "ok" for st in statuses) else "; ".join(
+            f"round {i + 1}: {st}" for i, st in enumerate(statuses) if st != "ok")
+        fs_data[name] = {"status": status, "figures": figures, "per_round": per_round,
+                         "raw": [{k: v for k, v in raw.items() if k != "status"} for raw in runs]}
 
     measured = [n for n in order if fs_data[n]["figures"]]
     peers = [n for n in ENCRYPTED if n != subject and n in measured]
@@ -155,6 +166,22 @@ def main():
     if subj and peers:
         lines.append(f"| **{subject} ÷ best encrypted peer** | "
                      + " | ".join(ratio_cell(ratios.get(k)) for k, _, _, _ in METRICS) + " |")
+    if subj and peers and rounds > 1:
+        # The same ratio within each round alone: does the verdict hold in every round?
+        for r in range(rounds):
+            def round_value(name, key):
+                try:
+                    return float(fs_data[name]["raw"][r][key])
+                except (KeyError, ValueError, IndexError):
+                    return None
+            cells = []
+            for key, _, better, _ in METRICS:
+                if key == "tail_ratio":
+                    cells.append("–")
+                    continue
+                best = best_of([round_value(p, key) for p in peers], better)
+                cells.append(ratio_cell(ratio_for(round_value(subject, key), best, better)))
+            lines.append(f"| {subject} ÷ best peer, round {r + 1} alone | " + " | ".join(cells) + " |")
     if subj and reference:
         lines.append(f"| **{subject} as % of {reference}** | "
                      + " | ".join("–" if of_ref.get(k) is None else f"{100 * of_ref[k]:.0f}%"
@@ -164,18 +191,21 @@ def main():
     if skipped:
         lines.append("**Not (fully) measured:** " + ", ".join(skipped) + ". See bench/results/run.log.")
         lines.append("")
-    probe_bugs = [n for n in order if fs_data[n]["raw"].get("probe_syncfs") == "failed"]
+    def in_any_round(name, key):
+        return next((raw[key] for raw in fs_data[name]["raw"] if key in raw), None)
+
+    probe_bugs = [n for n in order if in_any_round(n, "probe_syncfs") == "failed"]
     if probe_bugs:
         lines.append("**Bug seen:** " + ", ".join(probe_bugs) + ": syncfs failed after one file was written, "
                      "fsynced and unlinked (a deferred write-back of the unlinked file failed). See run.log.")
         lines.append("")
-    untar_bugs = [n for n in order if fs_data[n]["raw"].get("untar_syncfs") == "failed"]
+    untar_bugs = [n for n in order if in_any_round(n, "untar_syncfs") == "failed"]
     if untar_bugs:
         lines.append("**Bug seen:** " + ", ".join(untar_bugs) + ": the syncfs after the untar reported an error "
                      "(its time is still counted; the content check passed unless the row says 'failed').")
         lines.append("")
-    meta_diffs = [f"{n} {fs_data[n]['raw']['tree_compare_metadata_diffs']}" for n in order
-                  if fs_data[n]["raw"].get("tree_compare_metadata_diffs")]
+    meta_diffs = [f"{n} {in_any_round(n, 'tree_compare_metadata_diffs')}" for n in order
+                  if in_any_round(n, "tree_compare_metadata_diffs")]
     if meta_diffs:
         lines.append("Metadata-only differences found by `tar --compare` after the untar (e.g. mtimes not kept): "
                      + ", ".join(meta_diffs) + " entries.")
@@ -187,6 +217,11 @@ def main():
         lines.append("**No encrypted peer was measured: no ratio to the best peer.**")
         lines.append("")
 
+    if rounds > 1:
+        lines.append(f"Each figure is the best of {rounds} rounds (every filesystem measured once per round, the "
+                     "order reversed in even rounds, so a machine that speeds up or slows down during the run favours "
+                     "none); peak RSS is the highest of the rounds.")
+        lines.append("")
     lines.append(f"Ratios: **>1 means {subject} is better**. Seconds and RSS: best peer ÷ {subject}; "
                  f"rates: {subject} ÷ best peer. Best encrypted peer per column among: {', '.join(peers) or 'none'}."
                  + (f" Plain reference: {reference}." if reference else ""))
