@@ -187,6 +187,10 @@ public final class InodeTable<Node: BackingInode> {
         node === root ? FuseInode.root : node.fuseInode
     }
 
+    /// Whether a new file's inode would keep a descriptor (past the files' share it is reached by name): callers
+    /// that must make one first (from an open file) can skip it.
+    public var hasRoomForFileDescriptor: Bool { lock.withReadLock { descriptorsHeld < fileDescriptorShare } }
+
     /// Descriptors held by inodes; past `descriptorBudget`, new inodes are reached by name.
     private var descriptorsHeld = 0
     /// Inodes reached by name (no descriptor).
@@ -379,7 +383,12 @@ public extension BackingInode {
         if changes.uid != nil || changes.gid != nil {
             let uid = changes.uid ?? uid_t.max
             let gid = changes.gid ?? gid_t.max
-            _ = try withDescriptor { fd throws(Errno) in try syscallRetrying { fchownat(fd, "", uid, gid, GNU.atEmptyPath | AT_SYMLINK_NOFOLLOW) } }
+            if let openFD {
+                // The open file: no name to resolve for an inode past the descriptor budget (tar's fchown).
+                _ = try syscallRetrying { fchown(openFD, uid, gid) }
+            } else {
+                _ = try withDescriptor { fd throws(Errno) in try syscallRetrying { fchownat(fd, "", uid, gid, GNU.atEmptyPath | AT_SYMLINK_NOFOLLOW) } }
+            }
         }
         if let times = changes.times {
             var pair = [times.access, times.modification]

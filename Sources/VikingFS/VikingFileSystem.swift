@@ -379,8 +379,8 @@ public final class VikingFileSystem: FuseFileSystem {
             _ = try? directory.withDescriptor { dir throws(Errno) in unlinkat(dir, name, 0) }
             throw error
         }
-        // Without a descriptor to spare (EMFILE), the inode is reached by name.
-        let pathFD = pathDescriptor(of: fd)
+        // Without a descriptor to spare (past the budget, or EMFILE), the inode is reached by name.
+        let pathFD = inodes.hasRoomForFileDescriptor ? pathDescriptor(of: fd) : -1
         let inode = try inodes.adopt(fd: pathFD, st: st, parent: directory, name: name) { fd, st throws(Errno) in
             VikingInode(fd: fd, st: st, account: account, isKeyCheck: false)
         }
