@@ -163,7 +163,8 @@ public struct FuseInitSettings {
     /// Answer directory listings with attributes (READDIRPLUS), letting the kernel choose when (`auto`).
     public var readdirPlus = false
     public var maxWrite: UInt32 = 1 << 20
-    public var maxReadahead: UInt32 = 1 << 20
+    /// The kernel keeps the smaller of this and the mount's readahead window at INIT (see `FuseMountConfiguration.readaheadKiB`).
+    public var maxReadahead: UInt32 = 2 << 20
     /// Lookups and listings in one directory run in parallel (libfuse's default, which 3.14 never tells the
     /// kernel; FuseKit adds it to the INIT reply).
     public var parallelDirOps = true

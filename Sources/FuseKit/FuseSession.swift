@@ -23,6 +23,12 @@ public struct FuseMountConfiguration {
     public var debug = false
     public var maxThreads: UInt32 = 16
     public var maxIdleThreads: UInt32 = 8
+    /// The mount's readahead window (its backing device info's `read_ahead_kb`), set by the daemon when it may
+    /// (root). The kernel's default is 128 KiB, whatever `max_readahead` the file system asked for: one READ of
+    /// at most 128 KiB in flight at a time. Two of FUSE's largest requests (1 MiB each) let the daemon work on the
+    /// next while the kernel copies the last (streaming reads, this VM: vikingfs 1.2 → 1.8 GB/s, passthrough
+    /// 2.0 → 3.0 GB/s). nil: leave the kernel's default.
+    public var readaheadKiB: Int? = 2048
     public init() {}
 }
 
@@ -61,6 +67,12 @@ public enum FuseSession {
         box.takeUnretainedValue().session = session
         guard fuse_set_signal_handlers(session) == 0 else { throw .setup("cannot install signal handlers") }
         defer { fuse_remove_signal_handlers(session) }
+        // Resolved before mounting: afterwards, looking at the mount point would wait for this very daemon.
+        var mountedPath: String?
+        if let resolved = realpath(mountpoint, nil) {
+            mountedPath = String(cString: resolved)
+            free(resolved)
+        }
         guard fuse_session_mount(session, mountpoint) == 0 else {
             throw .mount("cannot mount on \(mountpoint) (see the message above)")
         }
@@ -68,6 +80,8 @@ public enum FuseSession {
         // Before the loop reads INIT: libfuse 3.14's INIT reply lacks flags FuseKit needs (see CFuseWire.h).
         let installed = cfusewire_install(session)
         guard installed == 0 else { throw .setup("cannot route the FUSE device through FuseKit: \(Errno(-installed))") }
+
+        if let kib = configuration.readaheadKiB, let mountedPath { setReadahead(kib, forMountAt: mountedPath) }
 
         mounted()
 
@@ -77,6 +91,47 @@ public enum FuseSession {
         fuse_loop_cfg_set_idle_threads(loopConfig, configuration.maxIdleThreads)
         fuse_loop_cfg_set_clone_fd(loopConfig, 0)
         return cfuse_session_loop_mt(session, loopConfig)
+    }
+}
+
+/// Writes the readahead window of the FUSE mount at `path` (found in /proc/self/mountinfo, which asks nothing of
+/// the mount itself) to its backing device info. Best effort: without root the file is not writable.
+private func setReadahead(_ kib: Int, forMountAt path: String) {
+    guard let mountinfo = readWholeFile("/proc/self/mountinfo") else { return }
+    // Mount points are written with space, tab, newline and backslash as octal escapes.
+    var escaped: [UInt8] = []
+    for byte in path.utf8 {
+        switch byte {
+        case 0x20, 0x09, 0x0a, 0x5c: escaped += Array("\\0\(String(byte, radix: 8))".utf8)
+        default: escaped.append(byte)
+        }
+    }
+    var device: [UInt8]?
+    for line in mountinfo.split(separator: 0x0a) {
+        let fields = line.split(separator: 0x20)
+        guard fields.count > 4, Array(fields[4]) == escaped, let dash = fields.firstIndex(where: { Array($0) == [0x2d] }),
+              dash + 1 < fields.count, fields[dash + 1].starts(with: Array("fuse".utf8)) else { continue }
+        device = Array(fields[2])  // the last match: the mount on top
+    }
+    guard let device else { return }
+    let fd = open("/sys/class/bdi/\(String(decoding: device, as: UTF8.self))/read_ahead_kb", O_WRONLY | O_CLOEXEC)
+    guard fd >= 0 else { return }
+    defer { close(fd) }
+    let text = Array("\(kib)\n".utf8)
+    _ = text.withUnsafeBytes { write(fd, $0.baseAddress, $0.count) }
+}
+
+private func readWholeFile(_ path: String) -> [UInt8]? {
+    let fd = open(path, O_RDONLY | O_CLOEXEC)
+    guard fd >= 0 else { return nil }
+    defer { close(fd) }
+    var bytes: [UInt8] = []
+    var chunk = [UInt8](repeating: 0, count: 65536)
+    while true {
+        let n = chunk.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
+        if n < 0 && errno == EINTR { continue }
+        guard n > 0 else { return n == 0 ? bytes : nil }
+        bytes += chunk[0..<n]
     }
 }
 

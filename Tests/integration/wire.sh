@@ -5,6 +5,7 @@
 #                            stops asking for security.capability before every write(2).
 #   FUSE_PARALLEL_DIROPS     lookups and listings in one directory run concurrently and stay right.
 #   FUSE_CACHE_SYMLINKS      symlink targets come from the kernel's cache, and a replaced link shows its new target.
+# And the readahead window FuseKit gives its mounts.
 source "$(dirname "$0")/lib.sh"
 
 KEY=$SCRATCH/root.key
@@ -76,6 +77,9 @@ assert data == b''.join(bytes([i % 251]) * 4096 for i in range(500))
 # Without the flag the kernel sends one GETXATTR (security.capability) per write(2): 500 here.
 check "at most a handful of GETXATTR requests for 500 write(2) calls" bash -c "
     n=\$(grep -c 'opcode: GETXATTR' '$M.log'); echo \"GETXATTR requests: \$n\"; [ \$n -le 5 ]"
+
+check "the mount's readahead window is two of FUSE's largest requests (2,048 KiB, not the kernel's 128)" bash -c "
+    [ \$(cat /sys/class/bdi/0:\$(stat -c %d '$M')/read_ahead_kb) = 2048 ]"
 
 echo "== parallel lookups and listings in one directory"
 mkdir -p "$M/acme/wide"
