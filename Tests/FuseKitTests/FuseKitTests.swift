@@ -138,3 +138,27 @@ private func lookup(_ table: InodeTable<BackingInode>, _ name: String, in parent
         #expect(Set(seen).count == seen.count)
     }
 }
+
+/// The VFS's rule for the set-ID bits of a file written, truncated or chowned by a caller without CAP_FSETID.
+@Suite("Set-ID bits (KILLPRIV_V2)")
+struct SetIDDropTests {
+    let regular: mode_t = 0o100000
+
+    @Test func setUserIDAlwaysGoes() {
+        #expect(SetIDDrop.mode(regular | 0o4755, group: 10) { _ in true } == regular | 0o755)
+    }
+
+    @Test func setGroupIDGoesWhenGroupExecutable() {
+        #expect(SetIDDrop.mode(regular | 0o2775, group: 10) { _ in true } == regular | 0o775)
+    }
+
+    @Test func setGroupIDWithoutGroupExecuteStaysForMembersOnly() {
+        #expect(SetIDDrop.mode(regular | 0o2764, group: 10) { $0 == 10 } == regular | 0o2764)
+        #expect(SetIDDrop.mode(regular | 0o2764, group: 10) { _ in false } == regular | 0o764)
+    }
+
+    @Test func directoriesAndPlainFilesAreLeftAlone() {
+        #expect(SetIDDrop.mode(0o040000 | 0o2775, group: 10) { _ in false } == 0o040000 | 0o2775)
+        #expect(SetIDDrop.mode(regular | 0o644, group: 10) { _ in false } == regular | 0o644)
+    }
+}
