@@ -18,7 +18,6 @@ _Static_assert(CFUSEWIRE_HANDLE_KILLPRIV_V2 == FUSE_HANDLE_KILLPRIV_V2, "kernel 
 static _Atomic uint64_t init_unique;           // 0: no INIT reply pending
 static _Atomic uint32_t kernel_offered;        // the INIT request's flags (low 32 bits)
 static _Atomic uint32_t requested_flags;
-static _Atomic uint32_t granted_flags;
 
 static _Thread_local int request_drops_setid;
 
@@ -84,11 +83,9 @@ static ssize_t wire_writev(int fd, struct iovec *iov, int count, void *userdata)
             if (out.error == 0 && iov[1].iov_len >= at + sizeof(uint32_t)) {
                 uint32_t flags;
                 memcpy(&flags, (char *)iov[1].iov_base + at, sizeof(flags));
-                uint32_t extra = atomic_load(&requested_flags) & atomic_load(&kernel_offered);
-                flags |= extra;
+                flags |= atomic_load(&requested_flags) & atomic_load(&kernel_offered);
                 // libfuse's own reply struct (a local of its do_init), rewritten before it reaches the kernel.
                 memcpy((char *)iov[1].iov_base + at, &flags, sizeof(flags));
-                atomic_store(&granted_flags, extra);
             }
         }
     }
@@ -101,7 +98,5 @@ int cfusewire_install(struct fuse_session *session) {
 }
 
 void cfusewire_request_init_flags(uint32_t flags) { atomic_store(&requested_flags, flags); }
-
-uint32_t cfusewire_granted_init_flags(void) { return atomic_load(&granted_flags); }
 
 int cfusewire_request_drops_setid(void) { return request_drops_setid; }

@@ -27,9 +27,6 @@ int cfusewire_install(struct fuse_session *session);
 // The flags to add to libfuse's INIT reply, each only if the kernel offered it. Call from the init callback.
 void cfusewire_request_init_flags(uint32_t flags);
 
-// After INIT: which of the requested flags went to the kernel.
-uint32_t cfusewire_granted_init_flags(void);
-
 // Whether the request this thread is serving carries the kernel's FUSE_WRITE_KILL_SUIDGID (WRITE),
 // FATTR_KILL_SUIDGID (SETATTR) or FUSE_OPEN_KILL_SUIDGID (OPEN, CREATE): the caller lacks CAP_FSETID,
 // and under FUSE_HANDLE_KILLPRIV_V2 the file system clears S_ISUID, and S_ISGID when group-executable.
