@@ -1,4 +1,5 @@
 import COpenSSL
+import Synchronization
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -121,12 +122,19 @@ public enum AESGCM {
     }
 }
 
-/// The calling thread's cipher contexts, created on first use and freed when the thread exits.
+/// The calling thread's cipher contexts and its buffer of random bytes for nonces, created on first use and freed
+/// when the thread exits.
 final class ThreadCiphers {
     private let encryptContext: OpaquePointer
     private let decryptContext: OpaquePointer
     private var encryptKeyIdentity: UInt64 = 0
     private var decryptKeyIdentity: UInt64 = 0
+    /// Generator output not yet handed out: `publicRandom[publicRandomUsed...]`.
+    private let publicRandom = UnsafeMutableRawBufferPointer.allocate(byteCount: ThreadCiphers.publicRandomSize, alignment: 16)
+    private var publicRandomUsed = ThreadCiphers.publicRandomSize
+    /// `forkGeneration` when the buffer was filled: a forked child must not hand out its parent's bytes again.
+    private var publicRandomGeneration: UInt64 = 0
+    static let publicRandomSize = 4096
 
     private init() throws(CryptoError) {
         guard let e = EVP_CIPHER_CTX_new(), let d = EVP_CIPHER_CTX_new() else {
@@ -143,7 +151,37 @@ final class ThreadCiphers {
     deinit {
         EVP_CIPHER_CTX_free(encryptContext)
         EVP_CIPHER_CTX_free(decryptContext)
+        memset(publicRandom.baseAddress!, 0, publicRandom.count)
+        publicRandom.deallocate()
     }
+
+    func fillPublic(_ buffer: UnsafeMutableRawBufferPointer) throws(CryptoError) {
+        guard buffer.count <= publicRandom.count / 4 else {
+            // Large requests gain nothing from the buffer.
+            guard RAND_bytes(buffer.baseAddress!.assumingMemoryBound(to: UInt8.self), Int32(buffer.count)) == 1 else {
+                throw CryptoError.lastOpenSSLError("RAND_bytes")
+            }
+            return
+        }
+        let generation = ThreadCiphers.forkGeneration.load(ordering: .relaxed)
+        if publicRandom.count - publicRandomUsed < buffer.count || publicRandomGeneration != generation {
+            guard RAND_bytes(publicRandom.baseAddress!.assumingMemoryBound(to: UInt8.self), Int32(publicRandom.count)) == 1 else {
+                throw CryptoError.lastOpenSSLError("RAND_bytes")
+            }
+            publicRandomUsed = 0
+            publicRandomGeneration = generation
+        }
+        let source = publicRandom.baseAddress! + publicRandomUsed
+        buffer.baseAddress!.copyMemory(from: source, byteCount: buffer.count)
+        memset(source, 0, buffer.count)
+        publicRandomUsed += buffer.count
+    }
+
+    /// Counts forks: every thread's buffer is refilled in the child (OpenSSL's own generator reseeds there too).
+    private static let forkGeneration: Atomic<UInt64> = {
+        pthread_atfork(nil, nil) { ThreadCiphers.forkGeneration.add(1, ordering: .relaxed) }
+        return Atomic<UInt64>(1)
+    }()
 
     func context(encrypt: Bool, key: SecureBytes) throws(CryptoError) -> OpaquePointer {
         if encrypt {

@@ -37,6 +37,16 @@ public enum SecureRandom {
         }
     }
 
+    /// Random bytes for values that are public once used, such as nonces, served from the calling thread's buffer
+    /// of the generator's output (`ThreadCiphers.fillPublic`). One `RAND_bytes` call per 4 KiB block write cost
+    /// more than a third of the block's encryption (OpenSSL 3 looks up the DRBG's parameters by name on every
+    /// call, and checks for a fork with a getpid system call); the buffer asks for 4 KiB at a time. Each byte is
+    /// handed out once and wiped. Never for keys: the buffer is ordinary memory.
+    public static func fillPublic(_ buffer: UnsafeMutableRawBufferPointer) throws(CryptoError) {
+        guard buffer.count > 0 else { return }
+        try ThreadCiphers.current().fillPublic(buffer)
+    }
+
     public static func bytes(_ count: Int) throws(CryptoError) -> [UInt8] {
         var out = [UInt8](repeating: 0, count: count)
         let result: Result<Void, CryptoError> = out.withUnsafeMutableBytes { p in Result { () throws(CryptoError) in try fill(p) } }

@@ -318,11 +318,11 @@ final class FileNode {
 
     /// Random nonces for a batch of blocks; an all-zero nonce is reserved for holes and never used.
     private func freshNonces(_ area: UnsafeMutableRawBufferPointer) throws {
-        try SecureRandom.fill(area)
+        try SecureRandom.fillPublic(area)
         var at = 0
         while at + NativeFormat.nonceLength <= area.count {
             let one = UnsafeMutableRawBufferPointer(rebasing: area[at..<(at + NativeFormat.nonceLength)])
-            while one.allSatisfy({ $0 == 0 }) { try SecureRandom.fill(one) }
+            while one.allSatisfy({ $0 == 0 }) { try SecureRandom.fillPublic(one) }
             at += NativeFormat.nonceLength
         }
     }
@@ -400,44 +400,58 @@ final class FileNode {
         guard kind != .legacy else { throw .readOnlyFileSystem }
         guard writableFD else { throw .badFile }
         guard newSize >= 0, newSize <= context.maxFileSize else { throw .fileTooLarge }
-        try lock.withWriteLock { () throws(Errno) in
-            if kind == .empty && newSize == 0 { return }
-            try ensureSealedForm(context: context)
-            if kind == .ove1 {
-                guard newSize <= Int64(context.ove1MemoryLimit) else { throw .fileTooLarge }
-                if Int64(ove1Plaintext.count) > newSize {
-                    ove1Plaintext.removeLast(ove1Plaintext.count - Int(newSize))
-                } else {
-                    ove1Plaintext.append(contentsOf: repeatElement(0, count: Int(newSize) - ove1Plaintext.count))
-                }
-                size = newSize
-                ove1Dirty = true
-                return
+        try lock.withWriteLock { () throws(Errno) in try truncateLocked(to: newSize, context: context) }
+    }
+
+    private func truncateLocked(to newSize: Int64, context: FileSystemContext) throws(Errno) {
+        if kind == .empty && newSize == 0 { return }
+        try ensureSealedForm(context: context)
+        if kind == .ove1 {
+            guard newSize <= Int64(context.ove1MemoryLimit) else { throw .fileTooLarge }
+            if Int64(ove1Plaintext.count) > newSize {
+                ove1Plaintext.removeLast(ove1Plaintext.count - Int(newSize))
+            } else {
+                ove1Plaintext.append(contentsOf: repeatElement(0, count: Int(newSize) - ove1Plaintext.count))
             }
-            guard let cipher, newSize != size else { return }
-            let layout = cipher.layout
-            let blockSize = Int64(layout.blockSize)
-            if newSize < size {
-                if newSize % blockSize != 0 { try resizeBlock(newSize / blockSize, to: Int(newSize % blockSize)) }
-            } else if size % blockSize != 0 {
-                let index = size / blockSize
-                let newLength = newSize / blockSize == index ? Int(newSize - index * blockSize) : Int(blockSize)
-                try resizeBlock(index, to: newLength)
-            }
-            _ = try syscallRetrying { ftruncate(fd, off_t(layout.backingSize(forPlaintext: newSize))) }
-            if newSize > size { mayHaveHoles = true }
             size = newSize
+            ove1Dirty = true
+            return
         }
+        guard let cipher, newSize != size else { return }
+        let layout = cipher.layout
+        let blockSize = Int64(layout.blockSize)
+        if newSize < size {
+            if newSize % blockSize != 0 { try resizeBlock(newSize / blockSize, to: Int(newSize % blockSize)) }
+        } else if size % blockSize != 0 {
+            let index = size / blockSize
+            let newLength = newSize / blockSize == index ? Int(newSize - index * blockSize) : Int(blockSize)
+            try resizeBlock(index, to: newLength)
+        }
+        _ = try syscallRetrying { ftruncate(fd, off_t(layout.backingSize(forPlaintext: newSize))) }
+        if newSize > size { mayHaveHoles = true }
+        size = newSize
     }
 
     /// fallocate mode 0: the size grows to cover the range (as holes) and the backing space is reserved.
+    /// A range that covers all the growth leaves the file as free of holes as it was: writes into it (fio's
+    /// layout, databases preallocating) then skip the per-write reservation.
     func allocate(offset: Int64, length: Int64, context: FileSystemContext) throws(Errno) {
+        guard kind != .legacy else { throw .readOnlyFileSystem }
+        guard writableFD else { throw .badFile }
         let end = offset + length
-        if end > size { try truncate(to: end, context: context) }
-        guard kind == .native, let cipher else { return }
-        let from = cipher.layout.storedOffset(ofBlock: offset / Int64(cipher.layout.blockSize))
-        let to = cipher.layout.backingSize(forPlaintext: end)
-        if to > from { _ = try syscallRetrying { GNU.fallocate(fd, mode: GNU.fallocKeepSize, offset: from, length: to - from) } }
+        guard end <= context.maxFileSize else { throw .fileTooLarge }
+        try lock.withWriteLock { () throws(Errno) in
+            let oldSize = size
+            // Asked before the growth: SEEK_HOLE cannot tell reserved space from a hole afterwards.
+            let hadHoles = oldSize == 0 ? false : cipher.map { backingMayHaveHoles(below: $0.layout.backingSize(forPlaintext: oldSize)) }
+            if end > oldSize { try truncateLocked(to: end, context: context) }
+            guard kind == .native, let cipher else { return }
+            let from = cipher.layout.storedOffset(ofBlock: offset / Int64(cipher.layout.blockSize))
+            let to = cipher.layout.backingSize(forPlaintext: end)
+            guard to > from else { return }
+            _ = try syscallRetrying { GNU.fallocate(fd, mode: GNU.fallocKeepSize, offset: from, length: to - from) }
+            if end > oldSize && from <= cipher.layout.backingSize(forPlaintext: oldSize), let hadHoles { mayHaveHoles = hadHoles }
+        }
     }
 
     // MARK: Durability

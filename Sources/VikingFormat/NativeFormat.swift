@@ -171,7 +171,7 @@ public final class NativeFileCipher: @unchecked Sendable {
         precondition(plaintext.count <= layout.blockSize && output.count >= plaintext.count + NativeFormat.blockOverhead)
         let nonce = UnsafeMutableRawBufferPointer(rebasing: output[0..<NativeFormat.nonceLength])
         do {
-            repeat { try SecureRandom.fill(nonce) } while nonce.allSatisfy { $0 == 0 }
+            repeat { try SecureRandom.fillPublic(nonce) } while nonce.allSatisfy { $0 == 0 }
         } catch { throw .malformedHeader("random: \(error)") }
         return try sealBlock(index: index, nonce: UnsafeRawBufferPointer(nonce), plaintext: plaintext, output: output)
     }

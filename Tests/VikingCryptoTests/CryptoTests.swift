@@ -149,3 +149,52 @@ struct SecureBytesMemoryTests {
         #expect(edge.withUnsafeBytes { $0.allSatisfy { $0 == 7 } } && past.withUnsafeBytes { $0.allSatisfy { $0 == 9 } })
     }
 }
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+@Suite("Random bytes for nonces")
+struct PublicRandomTests {
+    private func take(_ count: Int) throws -> [UInt8] {
+        var out = [UInt8](repeating: 0, count: count)
+        try out.withUnsafeMutableBytes { try SecureRandom.fillPublic($0) }
+        return out
+    }
+
+    /// 12-byte nonces across several refills of the thread's 4 KiB buffer, and sizes that straddle its end:
+    /// no value comes out twice and none is left zero.
+    @Test func neverRepeatsAcrossRefills() throws {
+        var seen = Set<[UInt8]>()
+        for _ in 0..<2_000 { seen.insert(try take(12)) }
+        #expect(seen.count == 2_000)
+        for size in [1, 13, 1000, 1024, 1025, 5000] {
+            let a = try take(size), b = try take(size)
+            #expect(a != b && a.count == size)
+            if size >= 16 { #expect(!a.allSatisfy { $0 == 0 }) }
+        }
+    }
+
+    /// A forked child must not hand out the bytes its parent is about to use: the buffer is refilled there.
+    @Test func forkedChildDrawsItsOwnBytes() throws {
+        _ = try take(12)   // the buffer is now filled, with 4 KiB - 12 bytes left
+        var pipeFDs: [Int32] = [0, 0]
+        #expect(pipe(&pipeFDs) == 0)
+        let child = fork()
+        if child == 0 {
+            var bytes = [UInt8](repeating: 0, count: 32)
+            let ok = bytes.withUnsafeMutableBytes { (try? SecureRandom.fillPublic($0)) != nil }
+            if ok { _ = bytes.withUnsafeBytes { write(pipeFDs[1], $0.baseAddress, 32) } }
+            _exit(ok ? 0 : 1)
+        }
+        close(pipeFDs[1])
+        var fromChild = [UInt8](repeating: 0, count: 32)
+        let got = fromChild.withUnsafeMutableBytes { read(pipeFDs[0], $0.baseAddress, 32) }
+        close(pipeFDs[0])
+        var status: Int32 = 0
+        waitpid(child, &status, 0)
+        let mine = try take(32)
+        #expect(got == 32)
+        #expect(fromChild != mine)
+    }
+}
