@@ -2,11 +2,14 @@
 # FUSE requests per file for the tree workloads, for vikingfs and each peer: counts that do not move with machine
 # load, unlike seconds. Counted by the kernel itself (tracepoints fuse:fuse_request_send / fuse_request_end, Linux
 # 6.13 and later), so every daemon is measured the same way and none runs with a debug log. Untars a source subtree,
-# lists it cold, reads every file cold and removes the tree; prints requests per file by kind and the mean time
-# from the kernel sending each kind of request to the daemon's answer.
+# lists it cold, reads every file cold and removes the tree; prints requests per file by kind, the mean time
+# from the kernel sending each kind of request to the daemon's answer, and the daemon's own CPU time (user and
+# system, from /proc/PID/stat) per file.
 #   bench/requests.sh [SUBTREE]                       default: fs/ext4 of Debian's linux-source-6.1
 #   VIKINGFS_OPTIONS=no_writeback bench/requests.sh   to compare a mount option
 #   REQUEST_FILESYSTEMS="vikingfs securefs"           which to measure (default: all that are installed)
+#   REQUEST_RANDWRITE=1 bench/requests.sh             also bench/run's 4 KiB random-write job (4 fio jobs x 64 MiB,
+#                                                     O_DIRECT, two passes, then crc32c verify), per write request
 # FORGET is not counted: the kernel queues forgets outside its request path, so the tracepoints never see them.
 set -euo pipefail
 source "$(dirname "$0")/scratch.sh"
@@ -24,7 +27,8 @@ tar -xJf "$SOURCE" -C "$W/src" "linux-source-6.1/$SUBTREE"
 tar -cf "$W/tree.tar" -C "$W/src" linux-source-6.1
 files=$(find "$W/src" -type f | wc -l)
 echo "tree: $SUBTREE, $files files; vikingfs options: ${VIKINGFS_OPTIONS:-defaults}"
-echo "per phase: requests per file, then each kind as count/mean µs from send to answer"
+echo "per phase: requests per file (randwrite: per write; its verify reads included), the daemon's user+system CPU"
+echo "per file, then each kind of request as count/mean µs from send to answer"
 
 tracing() { # tracing on|off
     local v=0; [ "$1" = on ] && v=1
@@ -35,18 +39,29 @@ tracing() { # tracing on|off
 }
 trap 'tracing off 2>/dev/null || true; scratch_cleanup' EXIT
 
-# phase NAME LABEL CONNECTION COMMAND...: runs the command with tracing on and prints that connection's requests.
+daemon_cpu_ticks() { # daemon_cpu_ticks PID -> "user system" clock ticks
+    awk '{ print $14, $15 }' "/proc/$1/stat" 2>/dev/null || echo "0 0"
+}
+
+# phase NAME LABEL CONNECTION DAEMON UNITS UNIT COMMAND...: runs the command with tracing on and prints that
+# connection's requests and the daemon's CPU time, both per UNIT (UNITS of them: files, or write requests).
 phase() {
-    local name=$1 label=$2 connection=$3; shift 3
+    local name=$1 label=$2 connection=$3 daemon=$4 units=$5 unit=$6; shift 6
+    local before after
+    before=$(daemon_cpu_ticks "$daemon")
     tracing on; "$@"; tracing off
-    awk -v c="$connection" -v files="$files" -v name="$name" -v label="$label" '
+    after=$(daemon_cpu_ticks "$daemon")
+    awk -v c="$connection" -v files="$units" -v unit="$unit" -v name="$name" -v label="$label" \
+        -v cpu="$before $after" -v hz="$(getconf CLK_TCK)" '
         { conn = ""; for (i = 1; i <= NF; i++) { if ($i == "connection") conn = $(i+1); if ($i == "req") u = $(i+1); if ($i == "opcode") op = $(i+2) } }
         conn != c { next }
         { t = $4; sub(/:$/, "", t) }
         /fuse_request_send:/ { gsub(/[()]|FUSE_/, "", op); start[u] = t; kind[u] = op; n[op]++; total++ }
         /fuse_request_end:/ && (u in start) { sum[kind[u]] += t - start[u]; done[kind[u]]++; delete start[u] }
         END {
-            line = sprintf("%-12s %-7s %5.1f/file ", name, label, total / files)
+            split(cpu, t, " ")
+            line = sprintf("%-12s %-9s %5.1f/%s, daemon CPU %.1f+%.1f µs/%s ", name, label, total / files, unit,
+                           (t[3] - t[1]) / hz / files * 1e6, (t[4] - t[2]) / hz / files * 1e6, unit)
             m = 0; for (k in n) order[++m] = k
             for (i = 1; i <= m; i++) for (j = i + 1; j <= m; j++) if (n[order[j]] > n[order[i]]) { x = order[i]; order[i] = order[j]; order[j] = x }
             for (i = 1; i <= m; i++) { k = order[i]; line = line sprintf(" %d %s/%.0f", n[k], k, done[k] ? sum[k] / done[k] * 1e6 : 0) }
@@ -69,13 +84,24 @@ measure() { # measure NAME
     mkdir -p "$W/b-$name" "$m"
     mount_fs "$name" "$W/b-$name" "$m" || { echo "$name: mount failed" >&2; return 1; }
     for _ in $(seq 1 100); do grep -q " $m fuse" /proc/mounts && break; sleep 0.1; done
-    local connection; connection=$(stat -c %d "$m")
-    phase "$name" untar "$connection" sh -c "tar -xf '$W/tree.tar' -C '$m' && sync -f '$m'"
+    local connection daemon
+    connection=$(stat -c %d "$m")
+    daemon=$(pgrep -n -f -- " $m( |\$)" || echo 0)
+    local tree=("$connection" "$daemon" "$files" file)
+    phase "$name" untar "${tree[@]}" sh -c "tar -xf '$W/tree.tar' -C '$m' && sync -f '$m'"
     echo 3 > /proc/sys/vm/drop_caches
-    phase "$name" "ls -lR" "$connection" sh -c "ls -lR '$m' >/dev/null"
+    phase "$name" "ls -lR" "${tree[@]}" sh -c "ls -lR '$m' >/dev/null"
     echo 3 > /proc/sys/vm/drop_caches
-    phase "$name" cat "$connection" sh -c "find '$m' -type f -print0 | xargs -0 cat >/dev/null"
-    phase "$name" "rm -rf" "$connection" rm -rf "$m/linux-source-6.1"
+    phase "$name" cat "${tree[@]}" sh -c "find '$m' -type f -print0 | xargs -0 cat >/dev/null"
+    phase "$name" "rm -rf" "${tree[@]}" rm -rf "$m/linux-source-6.1"
+    if [ -n "${REQUEST_RANDWRITE:-}" ]; then
+        # bench/run's random-write job: every 4 KiB block of each job's file written once per pass, then read back.
+        mkdir "$m/fio"
+        phase "$name" randwrite "$connection" "$daemon" $((4 * 16384 * 2)) write \
+            fio --name=rw --directory="$m/fio" --rw=randwrite --bs=4k --size=64M --numjobs=4 --ioengine=psync \
+                --direct=1 --loops=2 --verify=crc32c --verify_fatal=1 --verify_state_save=0 --output=/dev/null
+        rm -rf "$m/fio"
+    fi
     fusermount3 -u "$m"
     sleep 0.5
 }
