@@ -24,7 +24,7 @@ if [ "$unit_status" -ne 0 ]; then unit_failed=$((unit_failed > 0 ? unit_failed :
 total_passed=$((total_passed + ${unit_passed:-0}))
 total_failed=$((total_failed + unit_failed))
 
-for suite in Tests/integration/core.sh Tests/integration/core.sh:no_writeback Tests/integration/inodes.sh Tests/integration/wire.sh Tests/integration/admin.sh Tests/integration/ove1.sh Tests/integration/providers.sh Tests/integration/interop.sh; do
+for suite in Tests/integration/core.sh Tests/integration/core.sh:no_writeback Tests/integration/inodes.sh Tests/integration/wire.sh Tests/integration/uring.sh Tests/integration/admin.sh Tests/integration/ove1.sh Tests/integration/providers.sh Tests/integration/interop.sh; do
     # SUITE:OPTIONS runs a suite again with extra mount options on every mount.
     options=""; case $suite in *:*) options=${suite#*:}; suite=${suite%%:*} ;; esac
     [ -f "$suite" ] || continue

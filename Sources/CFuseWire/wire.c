@@ -1,5 +1,6 @@
 #define FUSE_USE_VERSION 312
 #include "CFuseWire.h"
+#include "wire_internal.h"
 #include <fuse3/fuse_lowlevel.h>
 #include <linux/fuse.h>
 #include <errno.h>
@@ -17,9 +18,11 @@ _Static_assert(CFUSEWIRE_HANDLE_KILLPRIV_V2 == FUSE_HANDLE_KILLPRIV_V2, "kernel 
 // that later requests on other threads read these without a data race.
 static _Atomic uint64_t init_unique;           // 0: no INIT reply pending
 static _Atomic uint32_t kernel_offered;        // the INIT request's flags (low 32 bits)
+static _Atomic uint32_t kernel_offered2;       // and its flags2 (FUSE_INIT_EXT), where io_uring is offered
 static _Atomic uint32_t requested_flags;
 
 static _Thread_local int request_drops_setid;
+static struct fuse_session *_Atomic installed_session;
 
 // Reads a field of the request body if the request is long enough to hold it (a short request is libfuse's to refuse).
 #define BODY_FIELD(buf, n, type, field, out)                                                                  \
@@ -28,7 +31,7 @@ static _Thread_local int request_drops_setid;
                sizeof(out)), 1)                                                                               \
      : 0)
 
-static void note_request(const void *buf, ssize_t n) {
+void cfusewire_note_request(const void *buf, ssize_t n) {
     request_drops_setid = 0;
     if (n < (ssize_t)sizeof(struct fuse_in_header)) return;
     struct fuse_in_header header;
@@ -37,6 +40,9 @@ static void note_request(const void *buf, ssize_t n) {
     switch (header.opcode) {
     case FUSE_INIT:
         if (BODY_FIELD(buf, n, struct fuse_init_in, flags, value)) {
+            uint32_t flags2 = 0;
+            if ((value & FUSE_INIT_EXT) && BODY_FIELD(buf, n, struct fuse_init_in, flags2, flags2))
+                atomic_store(&kernel_offered2, flags2);
             atomic_store(&kernel_offered, value);
             atomic_store(&init_unique, header.unique);
         }
@@ -66,34 +72,57 @@ static ssize_t wire_read(int fd, void *buf, size_t size, void *userdata) {
     (void)userdata;
     ssize_t n = read(fd, buf, size);
     int saved = errno;
-    note_request(buf, n);
+    cfusewire_note_request(buf, n);
     errno = saved;
     return n;
 }
 
 static ssize_t wire_writev(int fd, struct iovec *iov, int count, void *userdata) {
-    (void)userdata;
+    (void)userdata;  // libfuse passes the file system's user data, not the session
+    ssize_t taken = cfusewire_uring_reply(iov, count);
+    if (taken >= 0 || errno != ENOTSUP) return taken;
     uint64_t pending = atomic_load_explicit(&init_unique, memory_order_relaxed);
+    size_t start_uring = 0;  // the largest payload the kernel may send, once the INIT reply asked for io_uring
     if (pending != 0 && count >= 2 && iov[0].iov_len >= sizeof(struct fuse_out_header)) {
         struct fuse_out_header out;
         memcpy(&out, iov[0].iov_base, sizeof(out));
         if (out.unique == pending) {
             atomic_store(&init_unique, 0);
+            char *reply = iov[1].iov_base;
             size_t at = offsetof(struct fuse_init_out, flags);
             if (out.error == 0 && iov[1].iov_len >= at + sizeof(uint32_t)) {
                 uint32_t flags;
-                memcpy(&flags, (char *)iov[1].iov_base + at, sizeof(flags));
+                memcpy(&flags, reply + at, sizeof(flags));
                 flags |= atomic_load(&requested_flags) & atomic_load(&kernel_offered);
+                size_t at2 = offsetof(struct fuse_init_out, flags2);
+                if (cfusewire_uring_wanted(atomic_load(&kernel_offered2)) && iov[1].iov_len >= at2 + sizeof(uint32_t)) {
+                    uint32_t flags2, max_write;
+                    uint16_t max_pages = 32;  // the kernel's default without FUSE_MAX_PAGES
+                    memcpy(&flags2, reply + at2, sizeof(flags2));
+                    flags2 |= CFUSEWIRE_FLAGS2_OVER_IO_URING;
+                    flags |= FUSE_INIT_EXT;
+                    memcpy(reply + at2, &flags2, sizeof(flags2));
+                    memcpy(&max_write, reply + offsetof(struct fuse_init_out, max_write), sizeof(max_write));
+                    if (flags & FUSE_MAX_PAGES)
+                        memcpy(&max_pages, reply + offsetof(struct fuse_init_out, max_pages), sizeof(max_pages));
+                    start_uring = max_write;
+                    if ((size_t)max_pages * 4096 > start_uring) start_uring = (size_t)max_pages * 4096;
+                    if (start_uring < 8192) start_uring = 8192;  // the kernel's FUSE_MIN_READ_BUFFER
+                }
                 // libfuse's own reply struct (a local of its do_init), rewritten before it reaches the kernel.
-                memcpy((char *)iov[1].iov_base + at, &flags, sizeof(flags));
+                memcpy(reply + at, &flags, sizeof(flags));
             }
         }
     }
-    return writev(fd, iov, count);
+    ssize_t written = writev(fd, iov, count);
+    // The kernel registers ring entries only once it has taken the INIT reply.
+    if (start_uring && written >= 0) cfusewire_uring_start(atomic_load(&installed_session), fd, start_uring);
+    return written;
 }
 
 int cfusewire_install(struct fuse_session *session) {
     static const struct fuse_custom_io io = { .writev = wire_writev, .read = wire_read };
+    atomic_store(&installed_session, session);  // for the io_uring queues, which libfuse's dispatcher serves too
     return fuse_session_custom_io(session, &io, fuse_session_fd(session));
 }
 

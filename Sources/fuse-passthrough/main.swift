@@ -172,6 +172,8 @@ var positional: [String] = []
 // The same kernel caching as vikingfs-mount's defaults, so the two compare like for like.
 var writeback = true
 var readdirPlus = true
+var ioUring = true
+var ioUringPollMicroseconds = FuseMountConfiguration().ioUringPollMicroseconds
 while !arguments.isEmpty {
     let a = arguments.removeFirst()
     switch a {
@@ -185,12 +187,20 @@ while !arguments.isEmpty {
                 case "no_writeback": writeback = false
                 case "readdirplus": readdirPlus = true
                 case "no_readdirplus": readdirPlus = false
+                case "io_uring": ioUring = true
+                case "no_io_uring": ioUring = false
+                case _ where option.hasPrefix("io_uring_poll_us="):
+                    guard let microseconds = UInt32(option.dropFirst("io_uring_poll_us=".count)) else {
+                        fputs("fuse-passthrough: io_uring_poll_us needs a number of microseconds\n", stderr)
+                        exit(2)
+                    }
+                    ioUringPollMicroseconds = microseconds
                 default: options.append(option)
                 }
             }
         }
     case "-h", "--help":
-        print("usage: fuse-passthrough SOURCE MOUNTPOINT [-f] [-d] [-o no_writeback,no_readdirplus,opt,...]")
+        print("usage: fuse-passthrough SOURCE MOUNTPOINT [-f] [-d] [-o no_writeback,no_readdirplus,no_io_uring,io_uring_poll_us=N,opt,...]")
         exit(0)
     default: positional.append(a)
     }
@@ -207,6 +217,9 @@ guard rootFD >= 0 else {
 }
 var configuration = FuseMountConfiguration()
 configuration.debug = debug
+if !ioUring { configuration.ioUringEntriesPerQueue = 0 }
+configuration.ioUringPollMicroseconds = ioUringPollMicroseconds
+configuration.log = { _, message in fputs("fuse-passthrough: \(message)\n", stderr) }
 // As vikingfs-mount: the kernel checks modes only when other users may enter.
 if (options.contains("allow_other") || options.contains("allow_root")) && !options.contains("default_permissions") {
     options.append("default_permissions")

@@ -45,6 +45,8 @@ Mounts an encrypted, per-account view of the AGFS directory BACKING at MOUNTPOIN
      no_writeback            no kernel writeback cache (default: on; see vikingfs-mount(8))
      no_readdirplus          plain directory listings (default: listings carry attributes, READDIRPLUS)
      noxattr                 no extended attributes (ENOTSUP); spares the kernel one lookup per file
+     no_io_uring             requests over /dev/fuse only (default: over io_uring where the kernel offers it)
+     io_uring_poll_us=N      how long an io_uring queue polls for the next request before sleeping (default 50)
      attr_timeout=S, entry_timeout=S   kernel attribute/entry cache lifetimes (default 1)
      verbose                 log debug messages
      ro, allow_other, allow_root, auto_unmount, fsname=NAME, subtype=NAME, default_permissions,
@@ -123,6 +125,8 @@ var ove1MaxSize = 64 << 20
 var writeback = true
 var readdirPlus = true
 var extendedAttributes = true
+var ioUring = true
+var ioUringPollMicroseconds = FuseMountConfiguration().ioUringPollMicroseconds
 var refuseLegacy = false
 var verbose = false
 var attrTimeout = 1.0
@@ -164,6 +168,13 @@ for option in rawOptions {
     case "readdirplus": readdirPlus = true
     case "no_readdirplus": readdirPlus = false
     case "noxattr": extendedAttributes = false
+    case "io_uring": ioUring = true
+    case "no_io_uring": ioUring = false
+    case "io_uring_poll_us":
+        guard let value, let microseconds = UInt32(value), microseconds <= 1_000_000 else {
+            fail(.usage, "io_uring_poll_us must be a number of microseconds from 0 to 1000000")
+        }
+        ioUringPollMicroseconds = microseconds
     case "verbose": verbose = true
     case "attr_timeout", "entry_timeout":
         guard let value, let seconds = Double(value), seconds >= 0 else { fail(.usage, "\(name) must be a number of seconds") }
@@ -265,6 +276,11 @@ do {
 
 var mountConfiguration = FuseMountConfiguration()
 mountConfiguration.debug = debug
+if !ioUring { mountConfiguration.ioUringEntriesPerQueue = 0 }
+mountConfiguration.ioUringPollMicroseconds = ioUringPollMicroseconds
+mountConfiguration.log = { level, message in
+    if level <= 3 { Log.error(message) } else { Log.info(message) }
+}
 // Other users reach the mount only with allow_other/allow_root; then the kernel must check file modes
 // (default_permissions), as gocryptfs does. Without them only the mounting user gets in, the daemon runs as that
 // user, and the backing file system's own checks apply: the kernel is spared a GETATTR of the parent directory

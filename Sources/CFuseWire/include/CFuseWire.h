@@ -31,4 +31,22 @@ void cfusewire_request_init_flags(uint32_t flags);
 // FATTR_KILL_SUIDGID (SETATTR) or FUSE_OPEN_KILL_SUIDGID (OPEN, CREATE): the caller lacks CAP_FSETID,
 // and under FUSE_HANDLE_KILLPRIV_V2 the file system clears S_ISUID, and S_ISGID when group-executable.
 int cfusewire_request_drops_setid(void);
+
+// FUSE over io_uring (Linux 6.14+, where the fuse module's enable_uring is on): asks for it in the INIT reply
+// and, once the kernel took that reply, serves requests from one queue per CPU of `entries_per_queue` ring
+// entries (each as large as FUSE's largest request), each queue's thread pinned to its CPU. 0: /dev/fuse only.
+// After a request a queue's thread polls up to `poll_microseconds` for the next before it sleeps (0: sleeps at
+// once). Call before the loop reads INIT. Whatever fails to set up leaves the mount on /dev/fuse, with a log line.
+void cfusewire_uring_request(unsigned entries_per_queue, unsigned poll_microseconds);
+
+// Whether every queue is registered with the kernel (requests then come over io_uring), and how many requests
+// the queues have served.
+int cfusewire_uring_active(void);
+unsigned long long cfusewire_uring_served(void);
+
+// Stops the queue threads and frees the rings. Call after the loop returned, before the session is destroyed.
+void cfusewire_uring_stop(void);
+
+// Where the io_uring transport's messages go (level: syslog's, 3 error, 6 info). Set before mounting.
+void cfusewire_set_logger(void (*log)(int level, const char *message));
 #endif
