@@ -37,6 +37,16 @@ PEER_TARGET_KEYS = ["untar_s", "ls_s", "cat_s", "rm_s", "write_MBps", "read_MBps
 RSS_LIMIT_MIB = 64
 
 
+
+def uring_note(value):
+    """What the fuse module's enable_uring was during the run (bench/run --io-uring)."""
+    if value == "Y":
+        return ("FUSE over io_uring on (fuse enable_uring=Y): vikingfs and fuse-passthrough are served over it; "
+                "gocryptfs and securefs do not ask for it and use /dev/fuse.")
+    if value == "N":
+        return "FUSE over io_uring off (fuse enable_uring=N): every mount uses /dev/fuse."
+    return "This kernel has no FUSE over io_uring: every mount uses /dev/fuse."
+
 def read_tsv(path):
     out = {}
     with open(path) as f:
@@ -146,7 +156,8 @@ def main():
         + f"; streaming file {labels['stream']}; "
         f"fio: {meta.get('fio_jobs')} jobs × {meta.get('fio_size')}, psync, O_DIRECT, "
         f"randread {meta.get('fio_runtime')} s, randwrite {meta.get('randwrite_loops')} verified pass(es). "
-        f"Machine: {meta.get('cpu')}, kernel {meta.get('kernel')}. All filesystems over one tmpfs."
+        f"Machine: {meta.get('cpu')}, kernel {meta.get('kernel')}. All filesystems over one tmpfs. "
+        + uring_note(meta.get("fuse_io_uring"))
     )
     lines.append("")
     lines.append("| | " + " | ".join(headers) + " |")

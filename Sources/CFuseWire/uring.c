@@ -286,6 +286,12 @@ static void entry_reply_error(struct ring_entry *e, int error) {
     entry_command(e->queue, e, URING_CMD_COMMIT_AND_FETCH);
 }
 
+void *cfusewire_reply_buffer(size_t size) {
+    struct ring_entry *e = serving_entry;
+    if (!e || e->replied || size > e->allocation_size - PREFIX) return NULL;
+    return e->allocation + PREFIX;
+}
+
 ssize_t cfusewire_uring_reply(const struct iovec *iov, int count) {
     struct ring_entry *e = serving_entry;
     struct fuse_out_header out;
@@ -359,6 +365,9 @@ static int queue_prepare(struct uring_pool *pool, struct uring_queue *q) {
             if (e->allocation == MAP_FAILED) e->allocation = NULL;
             return -ENOMEM;
         }
+        // Requests and replies carry file contents in plaintext: keep them out of core dumps, as the key slots are.
+        (void)madvise(e->header, sizeof(struct uring_req_header), MADV_DONTDUMP);
+        (void)madvise(e->allocation, e->allocation_size, MADV_DONTDUMP);
         e->iov[0] = (struct iovec){ .iov_base = e->header, .iov_len = sizeof(struct uring_req_header) };
         e->iov[1] = (struct iovec){ .iov_base = e->allocation + PREFIX, .iov_len = pool->payload_size };
         rc = entry_command(q, e, URING_CMD_REGISTER);

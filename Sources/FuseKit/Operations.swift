@@ -290,7 +290,9 @@ func makeOperations() -> fuse_lowlevel_ops {
         }
     }
     ops.read = { req, ino, size, offset, fi in
-        let buffer = ReplyBuffer.current.buffer(size)
+        // Over io_uring the data goes straight into the ring entry (a READ has no payload to overwrite).
+        let buffer = cfusewire_reply_buffer(size).map { UnsafeMutableRawBufferPointer(start: $0, count: size) }
+            ?? ReplyBuffer.current.buffer(size)
         do throws(Errno) {
             let n = try fs(req).read(FuseInode(ino), handle: fi!.pointee.fh, into: buffer, offset: Int64(offset))
             fuse_reply_buf(req, buffer.baseAddress!.assumingMemoryBound(to: CChar.self), n)

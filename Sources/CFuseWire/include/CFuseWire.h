@@ -9,6 +9,7 @@
 // These hooks sit on libfuse's custom I/O interface (fuse_session_custom_io): `read` notes the request
 // facts for the thread that will serve it (libfuse's loops read and serve a request on one thread), and
 // `writev` adds the extra INIT flags the kernel offered.
+#include <stddef.h>
 #include <stdint.h>
 
 struct fuse_session;
@@ -43,6 +44,11 @@ void cfusewire_uring_request(unsigned entries_per_queue, unsigned poll_microseco
 // the queues have served.
 int cfusewire_uring_active(void);
 unsigned long long cfusewire_uring_served(void);
+
+// Where a reply of up to `size` bytes can be built in place when the calling thread serves a request from a ring:
+// the entry's payload buffer, which the reply then leaves without a copy. NULL otherwise (a /dev/fuse request, or
+// too large). Only for requests without a payload of their own (READ, READDIR): it overwrites the request's.
+void *cfusewire_reply_buffer(size_t size);
 
 // Stops the queue threads and frees the rings. Call after the loop returned, before the session is destroyed.
 void cfusewire_uring_stop(void);
