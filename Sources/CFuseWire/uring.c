@@ -67,6 +67,9 @@ _Static_assert(sizeof(struct uring_cmd_req) <= 80, "kernel ABI");
 #define PREFIX 4096
 #define SQE_SIZE 128
 #define TEARDOWN_TAG 0  // user_data of the eventfd poll; entries are non-null pointers
+#define WAKE_TAG 1      // user_data of the READ of the queue's wake_fd (entries are aligned, never 1)
+// A READ this large goes to a bulk worker (see entry_serve).
+#define BULK_MIN_READ (256 * 1024)
 
 struct ring_entry {
     struct uring_queue *queue;
@@ -78,6 +81,9 @@ struct ring_entry {
     uint64_t unique;
     int replied;
     int last_command;
+    int bulk;                  // being served by a bulk worker, which hands the reply back through `done`
+    char *body;                // the reassembled request, for the bulk worker
+    struct ring_entry *next;   // in the bulk queue, then in the queue's done list
 };
 
 struct uring_queue {
@@ -97,6 +103,9 @@ struct uring_queue {
     struct io_uring_cqe *cqes;
     unsigned to_submit;
     struct ring_entry *entries;
+    struct ring_entry *_Atomic done;  // replied by bulk workers; this thread sends their COMMIT_AND_FETCH
+    int wake_fd;                      // eventfd the bulk workers write after adding to `done`
+    uint64_t wake_count;              // the ring's READ of wake_fd lands here
 };
 
 struct uring_pool {
@@ -111,6 +120,17 @@ struct uring_pool {
     _Atomic unsigned registered;  // queues whose entries all went to the kernel
     _Atomic unsigned failed;      // queues that could not start
     _Atomic unsigned long long served;
+
+    // Bulk workers: large READs are served off the ring thread (see entry_serve).
+    unsigned bulk_count;
+    pthread_t *bulk_threads;
+    pthread_mutex_t bulk_lock;
+    pthread_cond_t bulk_wake;
+    int bulk_lock_ready;
+    struct ring_entry *bulk_head, *bulk_tail;  // under bulk_lock
+    unsigned bulk_sleepers;                   // under bulk_lock
+    _Atomic unsigned bulk_pending;
+    _Atomic int bulk_stop;
 };
 
 static _Atomic unsigned requested_depth;       // 0: /dev/fuse only
@@ -249,7 +269,8 @@ static int ring_wait(struct uring_queue *q, unsigned long long poll_ns) {
     if (rc < 0) return rc;
     unsigned long long start = now_ns();
     do {
-        if (atomic_load_explicit(q->cq_tail, memory_order_acquire) != atomic_load_explicit(q->cq_head, memory_order_relaxed))
+        if (atomic_load_explicit(q->cq_tail, memory_order_acquire) != atomic_load_explicit(q->cq_head, memory_order_relaxed)
+            || atomic_load_explicit(&q->done, memory_order_relaxed) != NULL)
             return 0;
         sched_yield();
     } while (now_ns() - start < poll_ns);
@@ -278,12 +299,24 @@ static int entry_command(struct uring_queue *q, struct ring_entry *e, int comman
     return 0;
 }
 
+// The reply is in the entry: send it and re-arm the entry. Only the queue's thread submits to its ring, so a bulk
+// worker's entry goes on the queue's done list instead, and the queue's thread is woken to send it.
+static void entry_commit(struct ring_entry *e) {
+    if (!e->bulk) { entry_command(e->queue, e, URING_CMD_COMMIT_AND_FETCH); return; }
+    struct uring_queue *q = e->queue;
+    struct ring_entry *head = atomic_load_explicit(&q->done, memory_order_relaxed);
+    do { e->next = head; } while (!atomic_compare_exchange_weak_explicit(&q->done, &head, e, memory_order_release,
+                                                                         memory_order_relaxed));
+    uint64_t one = 1;
+    if (write(q->wake_fd, &one, sizeof(one)) != sizeof(one)) say(3, "io_uring: cannot wake queue %d: %s", q->qid, strerror(errno));
+}
+
 static void entry_reply_error(struct ring_entry *e, int error) {
     struct fuse_out_header out = { .len = sizeof(struct fuse_out_header), .error = -error, .unique = e->unique };
     memcpy(e->header->in_out, &out, sizeof(out));
     e->header->ring_ent_in_out.payload_sz = 0;
     e->replied = 1;
-    entry_command(e->queue, e, URING_CMD_COMMIT_AND_FETCH);
+    entry_commit(e);
 }
 
 void *cfusewire_reply_buffer(size_t size) {
@@ -315,11 +348,41 @@ ssize_t cfusewire_uring_reply(const struct iovec *iov, int count) {
     memcpy(e->header->in_out, &out, sizeof(out));
     e->header->ring_ent_in_out.payload_sz = (uint32_t)length;
     e->replied = 1;
-    entry_command(e->queue, e, URING_CMD_COMMIT_AND_FETCH);
+    entry_commit(e);
     return (ssize_t)out.len;
 }
 
-// One request, reassembled in front of its payload and handed to libfuse's dispatcher on this thread.
+// Hands a reassembled request to libfuse's dispatcher on the calling thread (the queue's or a bulk worker).
+static void entry_dispatch(struct uring_pool *pool, struct ring_entry *e, size_t length) {
+    cfusewire_note_request(e->body, (ssize_t)length);
+    struct fuse_buf buf;
+    memset(&buf, 0, sizeof(buf));
+    buf.mem = e->body;
+    buf.size = length;
+    serving_entry = e;
+    fuse_session_process_buf(pool->session, &buf);
+    serving_entry = NULL;
+    atomic_fetch_add_explicit(&pool->served, 1, memory_order_relaxed);
+    // Every request that comes over the ring expects an answer (FORGET and INTERRUPT stay on /dev/fuse).
+    if (!e->replied) entry_reply_error(e, EIO);
+}
+
+static void bulk_push(struct uring_pool *pool, struct ring_entry *e) {
+    pthread_mutex_lock(&pool->bulk_lock);
+    e->next = NULL;
+    if (pool->bulk_tail) pool->bulk_tail->next = e; else pool->bulk_head = e;
+    pool->bulk_tail = e;
+    atomic_fetch_add_explicit(&pool->bulk_pending, 1, memory_order_release);
+    if (pool->bulk_sleepers) pthread_cond_signal(&pool->bulk_wake);
+    pthread_mutex_unlock(&pool->bulk_lock);
+}
+
+// One request, reassembled in front of its payload, served on this thread or handed to a bulk worker.
+//
+// Why bulk workers: a reader's readahead arrives on the ring of the reader's CPU, and if this thread (pinned there)
+// served it, the reader would wait for each 1 MiB to be read and decrypted before copying it, on the same CPU, one
+// after the other. A bulk worker (not pinned) runs on another CPU meanwhile, so reading ahead and consuming
+// overlap as they did over /dev/fuse, while the small requests that make up metadata work stay on this thread.
 static void entry_serve(struct uring_pool *pool, struct ring_entry *e) {
     struct fuse_in_header in;
     memcpy(&in, e->header->in_out, sizeof(in));
@@ -338,21 +401,81 @@ static void entry_serve(struct uring_pool *pool, struct ring_entry *e) {
     char *body = e->allocation + PREFIX - op_size - fixed;
     memcpy(body, &in, fixed);
     memcpy(body + fixed, e->header->op_in, op_size);
-    cfusewire_note_request(body, (ssize_t)in.len);
-    struct fuse_buf buf;
-    memset(&buf, 0, sizeof(buf));
-    buf.mem = body;
-    buf.size = in.len;
-    serving_entry = e;
-    fuse_session_process_buf(pool->session, &buf);
-    serving_entry = NULL;
-    atomic_fetch_add_explicit(&pool->served, 1, memory_order_relaxed);
-    // Every request that comes over the ring expects an answer (FORGET and INTERRUPT stay on /dev/fuse).
-    if (!e->replied) entry_reply_error(e, EIO);
+    e->body = body;
+    e->bulk = 0;
+    if (pool->bulk_count > 0 && in.opcode == FUSE_READ && op_size >= sizeof(struct fuse_read_in)) {
+        struct fuse_read_in read_in;
+        memcpy(&read_in, e->header->op_in, sizeof(read_in));
+        if (read_in.size >= BULK_MIN_READ) {
+            e->bulk = 1;
+            bulk_push(pool, e);
+            return;
+        }
+    }
+    entry_dispatch(pool, e, in.len);
+}
+
+static struct ring_entry *bulk_pop(struct uring_pool *pool) {
+    // Poll first, as the queues do: the next 1 MiB of a stream follows within microseconds.
+    unsigned long long start = now_ns();
+    while (atomic_load_explicit(&pool->bulk_pending, memory_order_acquire) == 0 && !atomic_load(&pool->bulk_stop)
+           && now_ns() - start < pool->poll_ns)
+        sched_yield();
+    pthread_mutex_lock(&pool->bulk_lock);
+    while (!pool->bulk_head && !atomic_load(&pool->bulk_stop)) {
+        pool->bulk_sleepers++;
+        pthread_cond_wait(&pool->bulk_wake, &pool->bulk_lock);
+        pool->bulk_sleepers--;
+    }
+    struct ring_entry *e = pool->bulk_head;
+    if (e) {
+        pool->bulk_head = e->next;
+        if (!pool->bulk_head) pool->bulk_tail = NULL;
+        atomic_fetch_sub_explicit(&pool->bulk_pending, 1, memory_order_relaxed);
+    }
+    pthread_mutex_unlock(&pool->bulk_lock);
+    return e;
+}
+
+static void *bulk_main(void *argument) {
+    struct uring_pool *pool = argument;
+    sigset_t all;
+    sigfillset(&all);
+    pthread_sigmask(SIG_BLOCK, &all, NULL);
+    pthread_setname_np(pthread_self(), "fuse-bulk");
+    struct ring_entry *e;
+    while ((e = bulk_pop(pool)) != NULL) {
+        struct fuse_in_header in;
+        memcpy(&in, e->body, sizeof(in));
+        entry_dispatch(pool, e, in.len);
+    }
+    return NULL;
+}
+
+// Sends the replies the bulk workers finished.
+static void queue_send_done(struct uring_queue *q) {
+    struct ring_entry *e = atomic_exchange_explicit(&q->done, NULL, memory_order_acquire);
+    while (e) {
+        struct ring_entry *next = e->next;
+        e->bulk = 0;
+        entry_command(q, e, URING_CMD_COMMIT_AND_FETCH);
+        e = next;
+    }
+}
+
+static void queue_read_wake(struct uring_queue *q) {
+    struct io_uring_sqe *sqe = ring_next_sqe(q);
+    if (!sqe) return;
+    sqe->opcode = IORING_OP_READ;
+    sqe->fd = q->wake_fd;
+    sqe->addr = (uint64_t)(uintptr_t)&q->wake_count;
+    sqe->len = sizeof(q->wake_count);
+    sqe->user_data = WAKE_TAG;
+    ring_push_sqe(q);
 }
 
 static int queue_prepare(struct uring_pool *pool, struct uring_queue *q) {
-    int rc = ring_setup(q, pool->depth + 1);  // one SQE per entry and the teardown poll
+    int rc = ring_setup(q, pool->depth + 2);  // one SQE per entry, the teardown poll, the wake read
     if (rc < 0) return rc;
     for (unsigned i = 0; i < pool->depth; i++) {
         struct ring_entry *e = &q->entries[i];
@@ -380,6 +503,7 @@ static int queue_prepare(struct uring_pool *pool, struct uring_queue *q) {
     sqe->poll32_events = POLLIN;
     sqe->user_data = TEARDOWN_TAG;
     ring_push_sqe(q);
+    queue_read_wake(q);
     return 0;
 }
 
@@ -410,7 +534,7 @@ static void *queue_main(void *argument) {
     unsigned tail = atomic_load_explicit(q->cq_tail, memory_order_acquire);
     for (; head != tail; head++) {
         struct io_uring_cqe *cqe = &q->cqes[head & *q->cq_mask];
-        if (cqe->user_data != TEARDOWN_TAG && cqe->res < 0 && cqe->res != -EAGAIN && cqe->res != -EINTR) {
+        if (cqe->user_data != TEARDOWN_TAG && cqe->user_data != WAKE_TAG && cqe->res < 0 && cqe->res != -EAGAIN && cqe->res != -EINTR) {
             say(3, "io_uring: queue %d: the kernel refused its ring entries (%s); requests stay on /dev/fuse",
                 q->qid, strerror(-cqe->res));
             atomic_fetch_add(&pool->failed, 1);
@@ -421,6 +545,7 @@ static void *queue_main(void *argument) {
         say(6, "serving FUSE requests over io_uring: %u queues of %u entries", pool->queue_count, pool->depth);
 
     for (;;) {
+        queue_send_done(q);
         rc = ring_wait(q, pool->poll_ns);
         if (rc < 0) { say(3, "io_uring: queue %d: io_uring_enter failed (%s)", q->qid, strerror(-rc)); break; }
         unsigned head = atomic_load_explicit(q->cq_head, memory_order_relaxed);
@@ -431,6 +556,12 @@ static void *queue_main(void *argument) {
             // Each completion is copied out first: serving it queues new SQEs, never new CQEs, but the slot is
             // given back below only after the whole batch.
             if (cqe.user_data == TEARDOWN_TAG) { stop = 1; continue; }
+            if (cqe.user_data == WAKE_TAG) {
+                // A bulk worker finished one (queue_send_done sends it); read the next wake-up.
+                if (cqe.res >= 0 || cqe.res == -EAGAIN || cqe.res == -EINTR) queue_read_wake(q);
+                else say(3, "io_uring: queue %d: reading its wake-ups failed (%s)", q->qid, strerror(-cqe.res));
+                continue;
+            }
             struct ring_entry *e = (struct ring_entry *)(uintptr_t)cqe.user_data;
             if (cqe.res == 0) {
                 entry_serve(pool, e);
@@ -488,8 +619,14 @@ static void pool_free(struct uring_pool *pool) {
             if (e->allocation) munmap(e->allocation, e->allocation_size);
         }
         free(q->entries);
+        if (q->wake_fd >= 0) close(q->wake_fd);
     }
     free(pool->queues);
+    free(pool->bulk_threads);
+    if (pool->bulk_lock_ready) {
+        pthread_mutex_destroy(&pool->bulk_lock);
+        pthread_cond_destroy(&pool->bulk_wake);
+    }
     if (pool->teardown_fd >= 0) close(pool->teardown_fd);
     free(pool);
 }
@@ -508,13 +645,28 @@ void cfusewire_uring_start(struct fuse_session *session, int fuse_fd, size_t max
     pool->teardown_fd = eventfd(0, EFD_CLOEXEC);
     pool->queues = calloc(pool->queue_count, sizeof(struct uring_queue));
     if (pool->teardown_fd < 0 || !pool->queues) { say(3, "io_uring: out of memory; staying on /dev/fuse"); pool_free(pool); return; }
+    for (unsigned i = 0; i < pool->queue_count; i++) pool->queues[i].wake_fd = -1;
     for (unsigned i = 0; i < pool->queue_count; i++) {
         pool->queues[i].qid = (int)i;
         pool->queues[i].ring_fd = -1;
         pool->queues[i].entries = calloc(depth, sizeof(struct ring_entry));
-        if (!pool->queues[i].entries) { say(3, "io_uring: out of memory; staying on /dev/fuse"); pool_free(pool); return; }
+        pool->queues[i].wake_fd = eventfd(0, EFD_CLOEXEC);
+        if (!pool->queues[i].entries || pool->queues[i].wake_fd < 0) {
+            say(3, "io_uring: out of memory or file descriptors; staying on /dev/fuse");
+            pool_free(pool);
+            return;
+        }
     }
+    pthread_mutex_init(&pool->bulk_lock, NULL);
+    pthread_cond_init(&pool->bulk_wake, NULL);
+    pool->bulk_lock_ready = 1;
+    pool->bulk_threads = calloc(pool->queue_count, sizeof(pthread_t));
     atomic_store(&running_pool, pool);
+    // One bulk worker per CPU; without any, large READs are served on the queue threads like the rest.
+    for (unsigned i = 0; pool->bulk_threads && i < pool->queue_count; i++) {
+        if (pthread_create(&pool->bulk_threads[pool->bulk_count], NULL, bulk_main, pool) != 0) break;
+        pool->bulk_count++;
+    }
     for (unsigned i = 0; i < pool->queue_count; i++) {
         struct uring_queue *q = &pool->queues[i];
         if (pthread_create(&q->thread, NULL, queue_main, q) == 0) q->thread_started = 1;
@@ -529,6 +681,11 @@ void cfusewire_uring_stop(void) {
     if (write(pool->teardown_fd, &one, sizeof(one)) != sizeof(one)) say(3, "io_uring: cannot wake the queues: %s", strerror(errno));
     for (unsigned i = 0; i < pool->queue_count; i++)
         if (pool->queues[i].thread_started) pthread_join(pool->queues[i].thread, NULL);
+    pthread_mutex_lock(&pool->bulk_lock);
+    atomic_store(&pool->bulk_stop, 1);
+    pthread_cond_broadcast(&pool->bulk_wake);
+    pthread_mutex_unlock(&pool->bulk_lock);
+    for (unsigned i = 0; i < pool->bulk_count; i++) pthread_join(pool->bulk_threads[i], NULL);
     atomic_store(&running_pool, NULL);
     pool_free(pool);
 }

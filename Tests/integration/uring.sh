@@ -46,6 +46,13 @@ check "one queue thread per CPU, each pinned to its CPU" bash -c "
         n=\$((n + 1))
     done; [ \$n = $CPUS ]"
 
+check "one bulk worker per CPU for large reads, not pinned" bash -c "
+    n=0; for t in /proc/$PID/task/*; do
+        [ \"\$(cat \$t/comm)\" = fuse-bulk ] || continue
+        [ \"\$(awk '/Cpus_allowed_list/ {print \$2}' \$t/status)\" = \"\$(awk '/Cpus_allowed_list/ {print \$2}' /proc/$PID/status)\" ] || exit 1
+        n=\$((n + 1))
+    done; [ \$n = $CPUS ]"
+
 before=$(ring_completions "$PID")
 SRC=$SCRATCH/src
 mkdir -p "$SRC" "$M/acme"
@@ -53,7 +60,7 @@ cp -a /usr/include/linux /usr/include/openssl "$SRC/"
 check "cp -a a tree in, identical through the mount" bash -c "cp -a '$SRC' '$M/acme/src' && diff <(tree_manifest '$SRC') <(tree_manifest '$M/acme/src')"
 check "tar round trip" bash -c "mkdir '$M/acme/t' && tar -C '$SRC' -cf - . | tar -C '$M/acme/t' -xf - && mkdir '$SCRATCH/t-out' && tar -C '$M/acme/t' -cf - . | tar -C '$SCRATCH/t-out' -xf - && diff <(tree_manifest '$SRC') <(tree_manifest '$SCRATCH/t-out')"
 check "rsync -a in, then a second rsync transfers nothing" bash -c "rsync -a '$SRC/' '$M/acme/r/' && diff <(tree_manifest '$SRC') <(tree_manifest '$M/acme/r') && [ -z \"\$(rsync -ai '$SRC/' '$M/acme/r/')\" ]"
-check "1 MiB writes and reads (the largest requests) keep every byte" bash -c "
+check "1 MiB writes and reads (the largest requests; reads go to the bulk workers) keep every byte" bash -c "
     head -c 48M /dev/urandom > '$SCRATCH/big' && dd if='$SCRATCH/big' of='$M/acme/big' bs=1M conv=fsync status=none &&
     echo 3 > /proc/sys/vm/drop_caches && cmp '$SCRATCH/big' '$M/acme/big'"
 check "4 writers at once on both CPUs, then each file verified" bash -c "
@@ -74,6 +81,14 @@ check "a 64 KiB extended attribute round-trips" bash -c "
     v=\$(head -c 49152 /dev/urandom | base64 -w0 | head -c 65000); setfattr -n user.big -v \"\$v\" '$M/acme/big' &&
     [ \"\$(getfattr --only-values -n user.big '$M/acme/big')\" = \"\$v\" ]"
 check "the backing dir holds ciphertext only" bash -c "! grep -rqa 'LINUX_VERSION_CODE' '$B/acme'"
+check "a tampered block inside a 1 MiB read is EIO and a log line, never wrong bytes" bash -c "
+    cp '$M/acme/big' '$M/acme/tampered' && sync && echo 3 > /proc/sys/vm/drop_caches &&
+    printf 'X' | dd of='$B/acme/tampered' bs=1 seek=\$((20 * 1048576 + 777)) conv=notrunc status=none &&
+    echo 3 > /proc/sys/vm/drop_caches &&
+    ! dd if='$M/acme/tampered' of='$SCRATCH/tampered.out' bs=1M status=none 2>'$SCRATCH/dd.err' &&
+    grep -q 'Input/output error' '$SCRATCH/dd.err' && grep -q 'tampered.*EIO' '$M.log' &&
+    [ \$(stat -c %s '$SCRATCH/tampered.out') -le \$((20 * 1048576)) ] &&
+    cmp -n \$(stat -c %s '$SCRATCH/tampered.out') '$SCRATCH/tampered.out' '$SCRATCH/big'"
 after=$(ring_completions "$PID")
 check "the requests above came over the rings (completions $before -> $after)" test "$after" -gt $((before + 10000))
 check "unmounts, and the daemon exits" viking_umount "$M"
