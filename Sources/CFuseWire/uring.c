@@ -11,6 +11,9 @@
 // moving the payload (a WRITE's data). libfuse's reply reaches the custom-I/O writev hook on the same thread,
 // which copies it into the entry and queues the COMMIT_AND_FETCH that answers and re-arms the entry.
 //
+// Each queue's thread polls briefly for the next request before it sleeps (ring_wait), and hands READs of 256 KiB
+// and more to unpinned bulk workers (entry_serve), whose replies come back to it through its done list.
+//
 // What stays on /dev/fuse (libfuse's own loop keeps serving it): INIT, every request before all queues are
 // registered, FORGET, INTERRUPT and notifications. Any failure to set up leaves the mount on /dev/fuse.
 #define _GNU_SOURCE
