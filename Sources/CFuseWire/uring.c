@@ -134,6 +134,8 @@ struct uring_pool {
     unsigned bulk_sleepers;                   // under bulk_lock
     _Atomic unsigned bulk_pending;
     _Atomic int bulk_stop;
+    int go;                      // under bulk_lock: 0 until INIT's reply is written, then 1 (or -1: not written)
+    pthread_cond_t go_changed;
 };
 
 static _Atomic unsigned requested_depth;       // 0: /dev/fuse only
@@ -477,7 +479,8 @@ static void queue_read_wake(struct uring_queue *q) {
     ring_push_sqe(q);
 }
 
-static int queue_prepare(struct uring_pool *pool, struct uring_queue *q) {
+// The ring and the entries' buffers: everything that can fail for want of memory, done before INIT's reply.
+static int queue_allocate(struct uring_pool *pool, struct uring_queue *q) {
     int rc = ring_setup(q, pool->depth + 2);  // one SQE per entry, the teardown poll, the wake read
     if (rc < 0) return rc;
     for (unsigned i = 0; i < pool->depth; i++) {
@@ -496,7 +499,14 @@ static int queue_prepare(struct uring_pool *pool, struct uring_queue *q) {
         (void)madvise(e->allocation, e->allocation_size, MADV_DONTDUMP);
         e->iov[0] = (struct iovec){ .iov_base = e->header, .iov_len = sizeof(struct uring_req_header) };
         e->iov[1] = (struct iovec){ .iov_base = e->allocation + PREFIX, .iov_len = pool->payload_size };
-        rc = entry_command(q, e, URING_CMD_REGISTER);
+    }
+    return 0;
+}
+
+// Queues the entries' REGISTER, the teardown poll and the wake read (submitted by the queue's thread).
+static int queue_arm(struct uring_pool *pool, struct uring_queue *q) {
+    for (unsigned i = 0; i < pool->depth; i++) {
+        int rc = entry_command(q, &q->entries[i], URING_CMD_REGISTER);
         if (rc < 0) return rc;
     }
     struct io_uring_sqe *sqe = ring_next_sqe(q);
@@ -525,7 +535,13 @@ static void *queue_main(void *argument) {
     // A queue serves the requests made on its CPU: its thread runs there, so a request never crosses CPUs.
     (void)sched_setaffinity(0, sizeof(cpu), &cpu);
 
-    int rc = queue_prepare(pool, q);
+    pthread_mutex_lock(&pool->bulk_lock);
+    while (pool->go == 0) pthread_cond_wait(&pool->go_changed, &pool->bulk_lock);
+    int go = pool->go;
+    pthread_mutex_unlock(&pool->bulk_lock);
+    if (go < 0) return NULL;  // the INIT reply did not reach the kernel
+
+    int rc = queue_arm(pool, q);
     if (rc == 0) rc = ring_enter(q, 0);
     if (rc < 0) {
         say(3, "io_uring: queue %d could not start (%s); its requests stay on /dev/fuse", q->qid, strerror(-rc));
@@ -629,16 +645,34 @@ static void pool_free(struct uring_pool *pool) {
     if (pool->bulk_lock_ready) {
         pthread_mutex_destroy(&pool->bulk_lock);
         pthread_cond_destroy(&pool->bulk_wake);
+        pthread_cond_destroy(&pool->go_changed);
     }
     if (pool->teardown_fd >= 0) close(pool->teardown_fd);
     free(pool);
 }
 
-void cfusewire_uring_start(struct fuse_session *session, int fuse_fd, size_t max_payload) {
+// Stops and frees a pool whose queue threads wait for `go` or were never started.
+static void pool_abandon(struct uring_pool *pool) {
+    pthread_mutex_lock(&pool->bulk_lock);
+    pool->go = -1;
+    atomic_store(&pool->bulk_stop, 1);
+    pthread_cond_broadcast(&pool->go_changed);
+    pthread_cond_broadcast(&pool->bulk_wake);
+    pthread_mutex_unlock(&pool->bulk_lock);
+    for (unsigned i = 0; i < pool->queue_count; i++)
+        if (pool->queues[i].thread_started) pthread_join(pool->queues[i].thread, NULL);
+    for (unsigned i = 0; i < pool->bulk_count; i++) pthread_join(pool->bulk_threads[i], NULL);
+    atomic_store(&running_pool, NULL);
+    pool_free(pool);
+}
+
+// Everything that can fail happens here, before the INIT reply asks for io_uring: once it has, the kernel holds
+// requests until every queue registers, so a queue that could not start would stall the mount.
+int cfusewire_uring_prepare(struct fuse_session *session, int fuse_fd, size_t max_payload) {
     unsigned depth = atomic_load(&requested_depth);
-    if (depth == 0 || atomic_load(&running_pool) != NULL) return;
+    if (depth == 0 || atomic_load(&running_pool) != NULL) return 0;
     struct uring_pool *pool = calloc(1, sizeof(*pool));
-    if (!pool) return;
+    if (!pool) return 0;
     pool->session = session;
     pool->fuse_fd = fuse_fd;
     pool->depth = depth;
@@ -647,21 +681,23 @@ void cfusewire_uring_start(struct fuse_session *session, int fuse_fd, size_t max
     pool->queue_count = possible_cpus();
     pool->teardown_fd = eventfd(0, EFD_CLOEXEC);
     pool->queues = calloc(pool->queue_count, sizeof(struct uring_queue));
-    if (pool->teardown_fd < 0 || !pool->queues) { say(3, "io_uring: out of memory; staying on /dev/fuse"); pool_free(pool); return; }
-    for (unsigned i = 0; i < pool->queue_count; i++) pool->queues[i].wake_fd = -1;
+    if (pool->teardown_fd < 0 || !pool->queues) { say(3, "io_uring: out of memory; staying on /dev/fuse"); pool_free(pool); return 0; }
+    for (unsigned i = 0; i < pool->queue_count; i++) { pool->queues[i].wake_fd = -1; pool->queues[i].ring_fd = -1; }
     for (unsigned i = 0; i < pool->queue_count; i++) {
-        pool->queues[i].qid = (int)i;
-        pool->queues[i].ring_fd = -1;
-        pool->queues[i].entries = calloc(depth, sizeof(struct ring_entry));
-        pool->queues[i].wake_fd = eventfd(0, EFD_CLOEXEC);
-        if (!pool->queues[i].entries || pool->queues[i].wake_fd < 0) {
-            say(3, "io_uring: out of memory or file descriptors; staying on /dev/fuse");
+        struct uring_queue *q = &pool->queues[i];
+        q->qid = (int)i;
+        q->entries = calloc(depth, sizeof(struct ring_entry));
+        q->wake_fd = eventfd(0, EFD_CLOEXEC);
+        int rc = (!q->entries || q->wake_fd < 0) ? -ENOMEM : queue_allocate(pool, q);
+        if (rc < 0) {
+            say(3, "io_uring: cannot set up queue %u (%s); staying on /dev/fuse", i, strerror(-rc));
             pool_free(pool);
-            return;
+            return 0;
         }
     }
     pthread_mutex_init(&pool->bulk_lock, NULL);
     pthread_cond_init(&pool->bulk_wake, NULL);
+    pthread_cond_init(&pool->go_changed, NULL);
     pool->bulk_lock_ready = 1;
     pool->bulk_threads = calloc(pool->queue_count, sizeof(pthread_t));
     atomic_store(&running_pool, pool);
@@ -672,9 +708,24 @@ void cfusewire_uring_start(struct fuse_session *session, int fuse_fd, size_t max
     }
     for (unsigned i = 0; i < pool->queue_count; i++) {
         struct uring_queue *q = &pool->queues[i];
-        if (pthread_create(&q->thread, NULL, queue_main, q) == 0) q->thread_started = 1;
-        else say(3, "io_uring: cannot start the thread of queue %u; requests stay on /dev/fuse", i);
+        if (pthread_create(&q->thread, NULL, queue_main, q) != 0) {
+            say(3, "io_uring: cannot start the thread of queue %u; staying on /dev/fuse", i);
+            pool_abandon(pool);
+            return 0;
+        }
+        q->thread_started = 1;
     }
+    return 1;
+}
+
+void cfusewire_uring_launch(int reply_written) {
+    struct uring_pool *pool = atomic_load(&running_pool);
+    if (!pool) return;
+    if (!reply_written) { pool_abandon(pool); return; }
+    pthread_mutex_lock(&pool->bulk_lock);
+    pool->go = 1;
+    pthread_cond_broadcast(&pool->go_changed);
+    pthread_mutex_unlock(&pool->bulk_lock);
 }
 
 void cfusewire_uring_stop(void) {

@@ -82,7 +82,7 @@ static ssize_t wire_writev(int fd, struct iovec *iov, int count, void *userdata)
     ssize_t taken = cfusewire_uring_reply(iov, count);
     if (taken >= 0 || errno != ENOTSUP) return taken;
     uint64_t pending = atomic_load_explicit(&init_unique, memory_order_relaxed);
-    size_t start_uring = 0;  // the largest payload the kernel may send, once the INIT reply asked for io_uring
+    int uring_prepared = 0;  // the INIT reply asks for io_uring; its queues wait for the reply to be written
     if (pending != 0 && count >= 2 && iov[0].iov_len >= sizeof(struct fuse_out_header)) {
         struct fuse_out_header out;
         memcpy(&out, iov[0].iov_base, sizeof(out));
@@ -98,16 +98,19 @@ static ssize_t wire_writev(int fd, struct iovec *iov, int count, void *userdata)
                 if (cfusewire_uring_wanted(atomic_load(&kernel_offered2)) && iov[1].iov_len >= at2 + sizeof(uint32_t)) {
                     uint32_t flags2, max_write;
                     uint16_t max_pages = 32;  // the kernel's default without FUSE_MAX_PAGES
-                    memcpy(&flags2, reply + at2, sizeof(flags2));
-                    flags2 |= CFUSEWIRE_FLAGS2_OVER_IO_URING;
-                    flags |= FUSE_INIT_EXT;
-                    memcpy(reply + at2, &flags2, sizeof(flags2));
                     memcpy(&max_write, reply + offsetof(struct fuse_init_out, max_write), sizeof(max_write));
                     if (flags & FUSE_MAX_PAGES)
                         memcpy(&max_pages, reply + offsetof(struct fuse_init_out, max_pages), sizeof(max_pages));
-                    start_uring = max_write;
-                    if ((size_t)max_pages * 4096 > start_uring) start_uring = (size_t)max_pages * 4096;
-                    if (start_uring < 8192) start_uring = 8192;  // the kernel's FUSE_MIN_READ_BUFFER
+                    size_t max_payload = max_write;
+                    if ((size_t)max_pages * 4096 > max_payload) max_payload = (size_t)max_pages * 4096;
+                    if (max_payload < 8192) max_payload = 8192;  // the kernel's FUSE_MIN_READ_BUFFER
+                    uring_prepared = cfusewire_uring_prepare(atomic_load(&installed_session), fd, max_payload);
+                    if (uring_prepared) {
+                        memcpy(&flags2, reply + at2, sizeof(flags2));
+                        flags2 |= CFUSEWIRE_FLAGS2_OVER_IO_URING;
+                        flags |= FUSE_INIT_EXT;
+                        memcpy(reply + at2, &flags2, sizeof(flags2));
+                    }
                 }
                 // libfuse's own reply struct (a local of its do_init), rewritten before it reaches the kernel.
                 memcpy(reply + at, &flags, sizeof(flags));
@@ -116,7 +119,7 @@ static ssize_t wire_writev(int fd, struct iovec *iov, int count, void *userdata)
     }
     ssize_t written = writev(fd, iov, count);
     // The kernel registers ring entries only once it has taken the INIT reply.
-    if (start_uring && written >= 0) cfusewire_uring_start(atomic_load(&installed_session), fd, start_uring);
+    if (uring_prepared) cfusewire_uring_launch(written >= 0);
     return written;
 }
 
