@@ -85,11 +85,13 @@ struct ring_entry {
     int replied;
     int last_command;
     int bulk;                  // being served by a bulk worker, which hands the reply back through `done`
-    char *body;                // the reassembled request, for the bulk worker
+    char *body;                // the reassembled request (fuse_in_header, op header, payload)
+    size_t body_length;
     struct ring_entry *next;   // in the bulk queue, then in the queue's done list
 };
 
 struct uring_queue {
+    struct uring_pool *pool;
     int qid;
     pthread_t thread;
     int thread_started;
@@ -120,9 +122,7 @@ struct uring_pool {
     unsigned depth;
     unsigned long long poll_ns;   // how long a queue's thread polls for the next request before it sleeps
     struct uring_queue *queues;
-    _Atomic unsigned registered;  // queues whose entries all went to the kernel
-    _Atomic unsigned failed;      // queues that could not start
-    _Atomic unsigned long long served;
+    _Atomic unsigned registered;  // queues whose entries all went to the kernel, for the log line
 
     // Bulk workers: large READs are served off the ring thread (see entry_serve).
     unsigned bulk_count;
@@ -164,16 +164,6 @@ void cfusewire_uring_request(unsigned entries_per_queue, unsigned poll_microseco
 
 int cfusewire_uring_wanted(uint32_t kernel_flags2) {
     return atomic_load(&requested_depth) > 0 && (kernel_flags2 & CFUSEWIRE_FLAGS2_OVER_IO_URING) != 0;
-}
-
-int cfusewire_uring_active(void) {
-    struct uring_pool *pool = atomic_load(&running_pool);
-    return pool != NULL && atomic_load(&pool->registered) == pool->queue_count && atomic_load(&pool->failed) == 0;
-}
-
-unsigned long long cfusewire_uring_served(void) {
-    struct uring_pool *pool = atomic_load(&running_pool);
-    return pool ? atomic_load(&pool->served) : 0;
 }
 
 // ---- a minimal io_uring (no liburing: one ring per queue thread, 128-byte SQEs) ----
@@ -286,9 +276,9 @@ static int ring_wait(struct uring_queue *q, unsigned long long poll_ns) {
 
 static int entry_command(struct uring_queue *q, struct ring_entry *e, int command) {
     struct io_uring_sqe *sqe = ring_next_sqe(q);
-    if (!sqe) return -EBUSY;  // cannot happen: one SQE per entry plus the poll, and the ring holds more
+    if (!sqe) return -EBUSY;  // cannot happen: one SQE per entry, the poll and the wake read, and the ring holds them
     sqe->opcode = IORING_OP_URING_CMD;
-    sqe->fd = atomic_load(&running_pool)->fuse_fd;
+    sqe->fd = q->pool->fuse_fd;
     sqe->cmd_op = (uint32_t)command;
     sqe->user_data = (uint64_t)(uintptr_t)e;
     struct uring_cmd_req *req = (struct uring_cmd_req *)sqe->cmd;
@@ -357,17 +347,24 @@ ssize_t cfusewire_uring_reply(const struct iovec *iov, int count) {
     return (ssize_t)out.len;
 }
 
+// Every transport thread: signals blocked (libfuse's loop takes SIGTERM/SIGINT; io_uring_enter never EINTRs), named.
+static void thread_begin(const char *name) {
+    sigset_t all;
+    sigfillset(&all);
+    pthread_sigmask(SIG_BLOCK, &all, NULL);
+    pthread_setname_np(pthread_self(), name);
+}
+
 // Hands a reassembled request to libfuse's dispatcher on the calling thread (the queue's or a bulk worker).
-static void entry_dispatch(struct uring_pool *pool, struct ring_entry *e, size_t length) {
-    cfusewire_note_request(e->body, (ssize_t)length);
+static void entry_dispatch(struct uring_pool *pool, struct ring_entry *e) {
+    cfusewire_note_request(e->body, (ssize_t)e->body_length);
     struct fuse_buf buf;
     memset(&buf, 0, sizeof(buf));
     buf.mem = e->body;
-    buf.size = length;
+    buf.size = e->body_length;
     serving_entry = e;
     fuse_session_process_buf(pool->session, &buf);
     serving_entry = NULL;
-    atomic_fetch_add_explicit(&pool->served, 1, memory_order_relaxed);
     // Every request that comes over the ring expects an answer (FORGET and INTERRUPT stay on /dev/fuse).
     if (!e->replied) entry_reply_error(e, EIO);
 }
@@ -407,6 +404,7 @@ static void entry_serve(struct uring_pool *pool, struct ring_entry *e) {
     memcpy(body, &in, fixed);
     memcpy(body + fixed, e->header->op_in, op_size);
     e->body = body;
+    e->body_length = in.len;
     e->bulk = 0;
     if (pool->bulk_count > 0 && in.opcode == FUSE_READ && op_size >= sizeof(struct fuse_read_in)) {
         struct fuse_read_in read_in;
@@ -417,7 +415,7 @@ static void entry_serve(struct uring_pool *pool, struct ring_entry *e) {
             return;
         }
     }
-    entry_dispatch(pool, e, in.len);
+    entry_dispatch(pool, e);
 }
 
 static struct ring_entry *bulk_pop(struct uring_pool *pool) {
@@ -444,16 +442,9 @@ static struct ring_entry *bulk_pop(struct uring_pool *pool) {
 
 static void *bulk_main(void *argument) {
     struct uring_pool *pool = argument;
-    sigset_t all;
-    sigfillset(&all);
-    pthread_sigmask(SIG_BLOCK, &all, NULL);
-    pthread_setname_np(pthread_self(), "fuse-bulk");
+    thread_begin("fuse-bulk");
     struct ring_entry *e;
-    while ((e = bulk_pop(pool)) != NULL) {
-        struct fuse_in_header in;
-        memcpy(&in, e->body, sizeof(in));
-        entry_dispatch(pool, e, in.len);
-    }
+    while ((e = bulk_pop(pool)) != NULL) entry_dispatch(pool, e);
     return NULL;
 }
 
@@ -462,7 +453,6 @@ static void queue_send_done(struct uring_queue *q) {
     struct ring_entry *e = atomic_exchange_explicit(&q->done, NULL, memory_order_acquire);
     while (e) {
         struct ring_entry *next = e->next;
-        e->bulk = 0;
         entry_command(q, e, URING_CMD_COMMIT_AND_FETCH);
         e = next;
     }
@@ -522,13 +512,10 @@ static int queue_arm(struct uring_pool *pool, struct uring_queue *q) {
 
 static void *queue_main(void *argument) {
     struct uring_queue *q = argument;
-    struct uring_pool *pool = atomic_load(&running_pool);
-    sigset_t all;
-    sigfillset(&all);
-    pthread_sigmask(SIG_BLOCK, &all, NULL);  // libfuse's loop takes SIGTERM/SIGINT; io_uring_enter never EINTRs here
+    struct uring_pool *pool = q->pool;
     char name[16];
     snprintf(name, sizeof(name), "fuse-ring-%d", q->qid);
-    pthread_setname_np(pthread_self(), name);
+    thread_begin(name);
     cpu_set_t cpu;
     CPU_ZERO(&cpu);
     CPU_SET(q->qid, &cpu);
@@ -545,7 +532,6 @@ static void *queue_main(void *argument) {
     if (rc == 0) rc = ring_enter(q, 0);
     if (rc < 0) {
         say(3, "io_uring: queue %d could not start (%s); its requests stay on /dev/fuse", q->qid, strerror(-rc));
-        atomic_fetch_add(&pool->failed, 1);
         return NULL;
     }
     // A refused REGISTER completes at once, within the submit above.
@@ -556,7 +542,6 @@ static void *queue_main(void *argument) {
         if (cqe->user_data != TEARDOWN_TAG && cqe->user_data != WAKE_TAG && cqe->res < 0 && cqe->res != -EAGAIN && cqe->res != -EINTR) {
             say(3, "io_uring: queue %d: the kernel refused its ring entries (%s); requests stay on /dev/fuse",
                 q->qid, strerror(-cqe->res));
-            atomic_fetch_add(&pool->failed, 1);
             return NULL;
         }
     }
@@ -590,7 +575,6 @@ static void *queue_main(void *argument) {
                 stop = 1;  // unmounted or aborted
             } else if (e->last_command == URING_CMD_REGISTER) {
                 // The kernel then keeps the whole connection on /dev/fuse.
-                atomic_fetch_add(&pool->failed, 1);
                 say(3, "io_uring: queue %d: the kernel refused a ring entry (%s); requests stay on /dev/fuse",
                     q->qid, strerror(-cqe.res));
             } else {
@@ -604,7 +588,7 @@ static void *queue_main(void *argument) {
     return NULL;
 }
 
-// ---- the pool: one queue per possible CPU (the kernel's nr_cpu_ids), started after INIT ----
+// ---- the pool: one queue per possible CPU (the kernel's nr_cpu_ids), set up before the INIT reply ----
 
 static unsigned possible_cpus(void) {
     // "0-3" or "0,2-5": the kernel wants a queue for every CPU id up to the highest possible one.
@@ -651,19 +635,27 @@ static void pool_free(struct uring_pool *pool) {
     free(pool);
 }
 
-// Stops and frees a pool whose queue threads wait for `go` or were never started.
-static void pool_abandon(struct uring_pool *pool) {
-    pthread_mutex_lock(&pool->bulk_lock);
-    pool->go = -1;
-    atomic_store(&pool->bulk_stop, 1);
-    pthread_cond_broadcast(&pool->go_changed);
-    pthread_cond_broadcast(&pool->bulk_wake);
-    pthread_mutex_unlock(&pool->bulk_lock);
+// Once the queue threads are told to end (teardown poll, or go = -1): waits for them, then ends the bulk workers
+// (the queues hand them no more work) and frees everything.
+static void pool_join_and_free(struct uring_pool *pool) {
     for (unsigned i = 0; i < pool->queue_count; i++)
         if (pool->queues[i].thread_started) pthread_join(pool->queues[i].thread, NULL);
+    pthread_mutex_lock(&pool->bulk_lock);
+    atomic_store(&pool->bulk_stop, 1);
+    pthread_cond_broadcast(&pool->bulk_wake);
+    pthread_mutex_unlock(&pool->bulk_lock);
     for (unsigned i = 0; i < pool->bulk_count; i++) pthread_join(pool->bulk_threads[i], NULL);
     atomic_store(&running_pool, NULL);
     pool_free(pool);
+}
+
+// Ends a pool whose queue threads wait for `go` (the INIT reply did not ask for io_uring or was not written).
+static void pool_abandon(struct uring_pool *pool) {
+    pthread_mutex_lock(&pool->bulk_lock);
+    pool->go = -1;
+    pthread_cond_broadcast(&pool->go_changed);
+    pthread_mutex_unlock(&pool->bulk_lock);
+    pool_join_and_free(pool);
 }
 
 // Everything that can fail happens here, before the INIT reply asks for io_uring: once it has, the kernel holds
@@ -685,6 +677,7 @@ int cfusewire_uring_prepare(struct fuse_session *session, int fuse_fd, size_t ma
     for (unsigned i = 0; i < pool->queue_count; i++) { pool->queues[i].wake_fd = -1; pool->queues[i].ring_fd = -1; }
     for (unsigned i = 0; i < pool->queue_count; i++) {
         struct uring_queue *q = &pool->queues[i];
+        q->pool = pool;
         q->qid = (int)i;
         q->entries = calloc(depth, sizeof(struct ring_entry));
         q->wake_fd = eventfd(0, EFD_CLOEXEC);
@@ -733,13 +726,5 @@ void cfusewire_uring_stop(void) {
     if (!pool) return;
     uint64_t one = 1;
     if (write(pool->teardown_fd, &one, sizeof(one)) != sizeof(one)) say(3, "io_uring: cannot wake the queues: %s", strerror(errno));
-    for (unsigned i = 0; i < pool->queue_count; i++)
-        if (pool->queues[i].thread_started) pthread_join(pool->queues[i].thread, NULL);
-    pthread_mutex_lock(&pool->bulk_lock);
-    atomic_store(&pool->bulk_stop, 1);
-    pthread_cond_broadcast(&pool->bulk_wake);
-    pthread_mutex_unlock(&pool->bulk_lock);
-    for (unsigned i = 0; i < pool->bulk_count; i++) pthread_join(pool->bulk_threads[i], NULL);
-    atomic_store(&running_pool, NULL);
-    pool_free(pool);
+    pool_join_and_free(pool);
 }

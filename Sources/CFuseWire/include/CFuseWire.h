@@ -40,11 +40,6 @@ int cfusewire_request_drops_setid(void);
 // once). Call before the loop reads INIT. Whatever fails to set up leaves the mount on /dev/fuse, with a log line.
 void cfusewire_uring_request(unsigned entries_per_queue, unsigned poll_microseconds);
 
-// Whether every queue is registered with the kernel (requests then come over io_uring), and how many requests
-// the queues have served.
-int cfusewire_uring_active(void);
-unsigned long long cfusewire_uring_served(void);
-
 // Where a reply of up to `size` bytes can be built in place when the calling thread serves a request from a ring:
 // the entry's payload buffer, which the reply then leaves without a copy. NULL otherwise (a /dev/fuse request, or
 // too large). Only for requests without a payload of their own (READ, READDIR): it overwrites the request's.
